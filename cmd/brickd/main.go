@@ -1,0 +1,183 @@
+// Command brickd is brick's daemon: one per host. It joins the cluster by
+// gossip, takes part in the Raft control plane, keeps this host's bricks,
+// and answers the brick CLI on a unix socket and peers over TCP.
+//
+// Every flag has a BRICK_* environment twin (flag --data-dir ↔
+// BRICK_DATA_DIR); a flag given on the command line wins over the
+// environment.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/brickvol/brick/daemon"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr, os.Getenv))
+}
+
+func run(args []string, stderr io.Writer, getenv func(string) string) int {
+	cfg := daemon.DefaultConfig()
+	fs := flag.NewFlagSet("brickd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	b := &binder{fs: fs, getenv: getenv}
+	var peers, logLevel, logFormat string
+	b.str(&cfg.Name, "name", "unique name of this daemon in the cluster (default: host name)")
+	b.str(&cfg.Bind, "bind", "IP address every listener binds to and peers reach this daemon on")
+	b.str(&cfg.DataDir, "data-dir", "directory for the brick's replicas, Raft state and identity")
+	b.str(&peers, "peers", "comma-separated gossip addresses host[:port] of existing members to join (retried until one answers)")
+	b.int(&cfg.BootstrapExpect, "bootstrap-expect", "number of daemons that bootstrap a new cluster together")
+	b.str(&cfg.ClusterKey, "cluster-key", "shared secret (≥16 characters) that authenticates all cluster traffic; never logged")
+	b.str(&cfg.Socket, "socket", "unix socket for the local brick CLI; empty disables it")
+	b.int(&cfg.GRPCPort, "grpc-port", "TCP port for peers and remote CLIs (gRPC over TLS)")
+	b.int(&cfg.GossipPort, "gossip-port", "TCP and UDP port for gossip")
+	b.int(&cfg.RaftPort, "raft-port", "TCP port for Raft")
+	b.int(&cfg.HealthPort, "health-port", "TCP port for the HTTP health endpoint GET /healthz")
+	b.bool(&cfg.NoDisk, "no-disk", "run as a tie-breaker: a Raft member that stores no replicas")
+	b.int(&cfg.MaxVoters, "max-voters", "Raft voters at most; later daemons join as non-voters")
+	b.dur(&cfg.DeadVoterTimeout, "dead-voter-timeout", "how long a voter may stay dead before the leader removes it from Raft")
+	b.str(&cfg.GossipProfile, "gossip-profile", "failure-detection timing: lan, or local for fast tests on one machine")
+	b.dur(&cfg.RaftHeartbeat, "raft-heartbeat", "Raft heartbeat and election timeout")
+	b.dur(&cfg.ReconcileInterval, "reconcile-interval", "how often replicas and Raft membership are re-checked besides reacting to events")
+	b.dur(&cfg.CapacityInterval, "capacity-interval", "how often free space is measured and gossiped")
+	logLevel, logFormat = "info", "text"
+	b.str(&logLevel, "log-level", "debug, info, warn or error")
+	b.str(&logFormat, "log-format", "text or json")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: brickd [flags]\n\nbrickd is brick's daemon, one per host. Every flag has a BRICK_* environment twin.\n\nFlags:\n")
+		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\nExample, three hosts on one machine:\n"+
+			"  brickd --name n1 --bind 127.0.0.1 --data-dir /tmp/n1 --socket /tmp/n1.sock\n"+
+			"  BRICK_PEERS=127.0.0.1 brickd --name n2 --bind 127.0.0.2 --data-dir /tmp/n2 --socket /tmp/n2.sock\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if b.err != nil {
+		fmt.Fprintf(stderr, "brickd: %v\n", b.err)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "brickd: unexpected argument %q (brickd takes only flags; see --help)\n", fs.Arg(0))
+		return 2
+	}
+	if peers != "" {
+		for _, p := range strings.Split(peers, ",") {
+			cfg.Peers = append(cfg.Peers, strings.TrimSpace(p))
+		}
+	}
+	log, err := newLogger(stderr, logLevel, logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "brickd: %v\n", err)
+		return 2
+	}
+	cfg.Logger = log
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "brickd: %v\n", err)
+		return 2
+	}
+	d, err := daemon.Start(cfg)
+	if err != nil {
+		log.Error("brickd could not start", "err", err)
+		return 1
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	s := <-sig
+	log.Info("shutting down", "signal", s.String())
+	d.Leave()
+	d.Stop()
+	log.Info("stopped")
+	return 0
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// binder defines flags whose defaults come from their BRICK_* twins.
+type binder struct {
+	fs     *flag.FlagSet
+	getenv func(string) string
+	err    error
+}
+
+func envName(flagName string) string {
+	return "BRICK_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func (b *binder) env(name string) (string, bool) {
+	v := b.getenv(envName(name))
+	return v, v != ""
+}
+
+func (b *binder) fail(name, v string, err error) {
+	if b.err == nil {
+		b.err = fmt.Errorf("%s=%q: %v", envName(name), v, err)
+	}
+}
+
+func (b *binder) str(p *string, name, usage string) {
+	if v, ok := b.env(name); ok {
+		*p = v
+	}
+	b.fs.StringVar(p, name, *p, usage+" ["+envName(name)+"]")
+}
+
+func (b *binder) int(p *int, name, usage string) {
+	if v, ok := b.env(name); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			b.fail(name, v, errors.New("not a whole number"))
+		}
+		*p = n
+	}
+	b.fs.IntVar(p, name, *p, usage+" ["+envName(name)+"]")
+}
+
+func (b *binder) bool(p *bool, name, usage string) {
+	if v, ok := b.env(name); ok {
+		t, err := strconv.ParseBool(v)
+		if err != nil {
+			b.fail(name, v, errors.New("want true or false"))
+		}
+		*p = t
+	}
+	b.fs.BoolVar(p, name, *p, usage+" ["+envName(name)+"]")
+}
+
+func (b *binder) dur(p *time.Duration, name, usage string) {
+	if v, ok := b.env(name); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.fail(name, v, errors.New("not a duration like 10s or 5m"))
+		}
+		*p = d
+	}
+	b.fs.DurationVar(p, name, *p, usage+" ["+envName(name)+"]")
+}

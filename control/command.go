@@ -1,0 +1,87 @@
+package control
+
+import "time"
+
+// CommandVersion is the encoding version of Command; Decode refuses others.
+const CommandVersion = 1
+
+// CommandType names what a Command does.
+type CommandType string
+
+const (
+	CmdInitCluster  CommandType = "init-cluster"
+	CmdUpsertBrick  CommandType = "upsert-brick"
+	CmdRemoveBrick  CommandType = "remove-brick"
+	CmdCreateVolume CommandType = "create-volume"
+	CmdDeleteVolume CommandType = "delete-volume"
+	CmdAttach       CommandType = "attach"
+	CmdDetach       CommandType = "detach"
+	CmdSetISR       CommandType = "set-isr"
+)
+
+// Command is one entry of the Raft log. Exactly the field matching Type is
+// set. At is the proposer's clock when it proposed the command: the FSM uses
+// it for every timestamp and never reads a clock itself, so every replica of
+// the state is identical.
+type Command struct {
+	Version int         `json:"v"`
+	Type    CommandType `json:"type"`
+	At      time.Time   `json:"at"`
+
+	InitCluster  *InitCluster  `json:"init_cluster,omitempty"`
+	UpsertBrick  *Brick        `json:"upsert_brick,omitempty"`
+	RemoveBrick  *RemoveBrick  `json:"remove_brick,omitempty"`
+	CreateVolume *Volume       `json:"create_volume,omitempty"`
+	DeleteVolume *DeleteVolume `json:"delete_volume,omitempty"`
+	Attach       *Attach       `json:"attach,omitempty"`
+	Detach       *Detach       `json:"detach,omitempty"`
+	SetISR       *SetISR       `json:"set_isr,omitempty"`
+}
+
+// InitCluster sets the cluster ID; it is refused once one is set.
+type InitCluster struct {
+	ClusterID string `json:"cluster_id"`
+}
+
+// RemoveBrick drops a brick from the catalog; refused while any volume places
+// data on it.
+type RemoveBrick struct {
+	ID BrickID `json:"id"`
+}
+
+// DeleteVolume removes a volume and tombstones its ID; refused while attached
+// unless Force.
+type DeleteVolume struct {
+	Name  string `json:"name"`
+	Force bool   `json:"force,omitempty"`
+}
+
+// Attach makes Brick an attached host of the volume. For access=single it
+// becomes the head at Epoch+1; it is refused (ErrAttached) while another
+// host holds the volume unless Force. Attaching where already attached is a
+// no-op that keeps the epoch (idempotent). ExpectEpoch, when non-zero, must
+// equal the current epoch (compare-and-set).
+type Attach struct {
+	Volume      VolumeID `json:"volume"`
+	Brick       BrickID  `json:"brick"`
+	ExpectEpoch uint64   `json:"expect_epoch,omitempty"`
+	Force       bool     `json:"force,omitempty"`
+}
+
+// Detach removes Brick's attachment. When it was the head of a single
+// volume the head is cleared (the epoch stays: the next attach bumps it);
+// for a shared volume with other attachments the oldest remaining one
+// becomes head at Epoch+1.
+type Detach struct {
+	Volume VolumeID `json:"volume"`
+	Brick  BrickID  `json:"brick"`
+}
+
+// SetISR replaces the in-sync replica set, conditioned on Epoch being the
+// volume's current epoch (a stale head cannot shrink the ISR of its
+// successor). Every member must be in the placement.
+type SetISR struct {
+	Volume VolumeID  `json:"volume"`
+	Epoch  uint64    `json:"epoch"`
+	ISR    []BrickID `json:"isr"`
+}

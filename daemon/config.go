@@ -1,0 +1,150 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Fixed, documented ports on the bind address, so daemons on 127.0.0.1, .2
+// and .3 need no port flags (docs/operations.md).
+const (
+	DefaultGRPCPort   = 7400
+	DefaultGossipPort = 7401
+	DefaultRaftPort   = 7402
+	DefaultHealthPort = 7403
+)
+
+// Config is everything brickd can be told. Only cmd/brickd binds it to
+// flags and BRICK_* variables.
+type Config struct {
+	Name    string // unique daemon name; default: the host name
+	Bind    string // IP every listener binds to and peers reach
+	DataDir string
+	// Peers are gossip addresses (host[:port]) of existing members.
+	Peers []string
+	// BootstrapExpect daemons bootstrap Raft together; later ones join.
+	BootstrapExpect int
+	// ClusterKey authenticates cluster traffic; empty means the public
+	// development key, with a loud warning.
+	ClusterKey string
+	// Socket is the CLI's unix socket; empty disables it.
+	Socket string
+
+	GRPCPort, GossipPort, RaftPort, HealthPort int
+
+	// NoDisk makes a tie-breaker: a Raft member that holds no replicas.
+	NoDisk bool
+	// MaxVoters caps Raft voters; later daemons join as non-voters.
+	MaxVoters int
+	// DeadVoterTimeout is how long a voter may stay dead (or gone) in gossip
+	// before the leader removes it from Raft.
+	DeadVoterTimeout time.Duration
+	// GossipProfile is "lan" or "local" (fast failure detection for tests).
+	GossipProfile string
+	// RaftHeartbeat is Raft's heartbeat and election timeout.
+	RaftHeartbeat time.Duration
+	// ReconcileInterval is how often the daemon re-checks its replicas and,
+	// on the leader, the Raft membership, besides reacting to events.
+	ReconcileInterval time.Duration
+	// CapacityInterval is how often free space is measured and gossiped.
+	CapacityInterval time.Duration
+
+	Logger *slog.Logger
+}
+
+// DefaultConfig is a single host that just works.
+func DefaultConfig() Config {
+	name, _ := os.Hostname()
+	return Config{
+		Name:              name,
+		Bind:              "127.0.0.1",
+		DataDir:           "/var/lib/brick",
+		BootstrapExpect:   1,
+		Socket:            "/run/brick/brick.sock",
+		GRPCPort:          DefaultGRPCPort,
+		GossipPort:        DefaultGossipPort,
+		RaftPort:          DefaultRaftPort,
+		HealthPort:        DefaultHealthPort,
+		MaxVoters:         5,
+		DeadVoterTimeout:  5 * time.Minute,
+		GossipProfile:     "lan",
+		RaftHeartbeat:     time.Second,
+		ReconcileInterval: 2 * time.Second,
+		CapacityInterval:  30 * time.Second,
+	}
+}
+
+// Validate names the first bad field, in the flag's words.
+func (c Config) Validate() error {
+	if c.Name == "" {
+		return errors.New("--name is empty")
+	}
+	if len(c.Name) > 64 || strings.ContainsAny(c.Name, " /\t\n\x00") {
+		return fmt.Errorf("--name %q: at most 64 characters, no spaces or slashes", c.Name)
+	}
+	ip := net.ParseIP(c.Bind)
+	if ip == nil {
+		return fmt.Errorf("--bind %q is not an IP address", c.Bind)
+	}
+	if ip.IsUnspecified() {
+		return fmt.Errorf("--bind %s: give the address peers reach this daemon on, not a wildcard", c.Bind)
+	}
+	if c.DataDir == "" {
+		return errors.New("--data-dir is empty")
+	}
+	for _, p := range c.Peers {
+		if _, _, err := SplitPeer(p, c.GossipPort); err != nil {
+			return err
+		}
+	}
+	if c.BootstrapExpect < 1 || c.BootstrapExpect > 7 {
+		return fmt.Errorf("--bootstrap-expect %d: want 1 to 7", c.BootstrapExpect)
+	}
+	if c.MaxVoters < 1 || c.MaxVoters > 9 {
+		return fmt.Errorf("--max-voters %d: want 1 to 9", c.MaxVoters)
+	}
+	for name, p := range map[string]int{"--grpc-port": c.GRPCPort, "--gossip-port": c.GossipPort, "--raft-port": c.RaftPort, "--health-port": c.HealthPort} {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("%s %d: want 1 to 65535", name, p)
+		}
+	}
+	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
+		return fmt.Errorf("--gossip-profile %q: want lan or local", c.GossipProfile)
+	}
+	for name, d := range map[string]time.Duration{"--dead-voter-timeout": c.DeadVoterTimeout, "--raft-heartbeat": c.RaftHeartbeat,
+		"--reconcile-interval": c.ReconcileInterval, "--capacity-interval": c.CapacityInterval} {
+		if d <= 0 {
+			return fmt.Errorf("%s %v: must be positive", name, d)
+		}
+	}
+	return nil
+}
+
+// SplitPeer parses host[:port], defaulting the port.
+func SplitPeer(p string, defPort int) (string, int, error) {
+	if strings.TrimSpace(p) == "" {
+		return "", 0, errors.New("--peers has an empty entry")
+	}
+	host, port := p, defPort
+	if h, ps, err := net.SplitHostPort(p); err == nil {
+		n, err := strconv.Atoi(ps)
+		if err != nil || n < 1 || n > 65535 {
+			return "", 0, fmt.Errorf("--peers %q: port %q is not a number from 1 to 65535", p, ps)
+		}
+		host, port = h, n
+	} else if strings.Contains(p, ":") && net.ParseIP(p) == nil {
+		return "", 0, fmt.Errorf("--peers %q: want host or host:port", p)
+	}
+	if host == "" {
+		return "", 0, fmt.Errorf("--peers %q: host is empty", p)
+	}
+	return host, port, nil
+}
+
+func (c Config) addr(port int) string { return net.JoinHostPort(c.Bind, strconv.Itoa(port)) }
