@@ -82,6 +82,7 @@ func (k *Key) ServerTLS() *tls.Config {
 		Certificates:          []tls.Certificate{k.cert},
 		ClientAuth:            tls.RequireAnyClientCert,
 		MinVersion:            tls.VersionTLS13,
+		NextProtos:            []string{"h2"}, // gRPC clients insist on ALPN h2
 		VerifyPeerCertificate: k.verify,
 	}
 }
