@@ -175,11 +175,13 @@ func TestLeaderKill(t *testing.T) {
 	}
 	createVolume(t, rest[0], "before", "--replicas", "3", "--size", "1G")
 	lead.Kill()
+	killed := time.Now()
 	t.Logf("killed leader %s", lead.Name)
 	waitRoles(t, rest[0], 30*time.Second, func(ps []peer) bool {
 		l := leaderOf(ps)
 		return l != "" && l != lead.Name
 	})
+	t.Logf("new leader seen %v after the kill", time.Since(killed).Round(time.Millisecond))
 	// Through both survivors: create (replicas=2 fits the two live bricks) and rm.
 	createVolume(t, rest[0], "after", "--replicas", "2", "--size", "1G")
 	if _, e, err := rest[1].CLI("volume", "rm", "before"); err != nil {
@@ -192,10 +194,13 @@ func TestLeaderKill(t *testing.T) {
 	if len(vs) != 1 || vs[0].Name != "after" {
 		t.Fatalf("volume ls after create/rm: %+v", vs)
 	}
+	t.Logf("create and rm through the survivors done %v after the kill", time.Since(killed).Round(time.Millisecond))
 	lead.Start()
+	restarted := time.Now()
 	for _, d := range ds {
 		waitRoles(t, d, 60*time.Second, func(ps []peer) bool { return len(ps) == 3 && voters(ps) == 3 })
 	}
+	t.Logf("restarted daemon is a voter again, seen by all, %v after its restart", time.Since(restarted).Round(time.Millisecond))
 	// The restarted daemon sees the catalog as it is now.
 	harness.Eventually(t, 20*time.Second, "restarted daemon lists the volumes", func() (bool, string) {
 		var vs []volume

@@ -20,10 +20,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 
 	"github.com/brickvol/brick/auth"
@@ -146,7 +148,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	mc.Name = cfg.Name
 	mc.BindAddr = cfg.Bind
 	mc.BindPort = cfg.GossipPort
-	mc.Peers = cfg.Peers
+	mc.Peers = append(append([]string(nil), cfg.Peers...), d.raftPeers()...)
 	mc.SecretKey = d.key.GossipKey()
 	mc.Logger = log.With("component", "gossip")
 	mc.Profile = cfg.GossipProfile
@@ -163,6 +165,25 @@ func Start(cfg Config) (d *Daemon, err error) {
 		"gossip", cfg.addr(cfg.GossipPort), "raft", cfg.addr(cfg.RaftPort), "health", cfg.addr(cfg.HealthPort),
 		"socket", cfg.Socket, "data_dir", cfg.DataDir, "peers", strings.Join(cfg.Peers, ","))
 	return d, nil
+}
+
+// raftPeers are gossip addresses of the other members of this daemon's Raft
+// configuration (their Raft host on our gossip port), so a restarted daemon
+// finds its cluster again even if it was started without --peers.
+func (d *Daemon) raftPeers() []string {
+	cfg, err := d.node.Configuration()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, s := range cfg.Servers {
+		host, _, err := net.SplitHostPort(string(s.Address))
+		if err != nil || s.ID == raft.ServerID(d.id) {
+			continue
+		}
+		out = append(out, net.JoinHostPort(host, strconv.Itoa(d.cfg.GossipPort)))
+	}
+	return out
 }
 
 // ID is this daemon's brick ID.
