@@ -55,6 +55,12 @@ type Config struct {
 	// CapacityInterval is how often free space is measured and gossiped.
 	CapacityInterval time.Duration
 
+	// ReplicaTimeout is how long a head waits for a brick's acknowledgement
+	// before dropping it from the in-sync set (passed to mount processes).
+	ReplicaTimeout time.Duration
+	// MountLogLevel is the log level of the mount processes.
+	MountLogLevel string
+
 	Logger *slog.Logger
 }
 
@@ -77,6 +83,8 @@ func DefaultConfig() Config {
 		RaftHeartbeat:     time.Second,
 		ReconcileInterval: 2 * time.Second,
 		CapacityInterval:  30 * time.Second,
+		ReplicaTimeout:    3 * time.Second,
+		MountLogLevel:     "info",
 	}
 }
 
@@ -118,7 +126,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--gossip-profile %q: want lan or local", c.GossipProfile)
 	}
 	for name, d := range map[string]time.Duration{"--dead-voter-timeout": c.DeadVoterTimeout, "--raft-heartbeat": c.RaftHeartbeat,
-		"--reconcile-interval": c.ReconcileInterval, "--capacity-interval": c.CapacityInterval} {
+		"--reconcile-interval": c.ReconcileInterval, "--capacity-interval": c.CapacityInterval, "--replica-timeout": c.ReplicaTimeout} {
 		if d <= 0 {
 			return fmt.Errorf("%s %v: must be positive", name, d)
 		}

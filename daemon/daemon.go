@@ -53,6 +53,10 @@ type Daemon struct {
 	// leaderSince is when this daemon last became leader (zero when not).
 	mu          sync.Mutex
 	leaderSince time.Time
+	// mountMu serialises mount and unmount requests on this host.
+	mountMu sync.Mutex
+	// secret is the cluster key, handed to mount processes (never logged).
+	secret string
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -88,6 +92,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 		secret = auth.DevKey
 		log.Warn("no cluster key set: cluster traffic is authenticated with the public development key; set BRICK_CLUSTER_KEY on every daemon")
 	}
+	d.secret = secret
 	if d.key, err = auth.NewKey(secret); err != nil {
 		return nil, fmt.Errorf("cluster key: %w", err)
 	}
@@ -116,7 +121,8 @@ func Start(cfg Config) (d *Daemon, err error) {
 
 	// gRPC: TCP for peers and remote CLIs (authenticated), unix socket for
 	// the local CLI (protected by file permissions).
-	d.grpcSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(d.unaryInterceptor))
+	d.grpcSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(d.unaryInterceptor),
+		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
 	brickpb.RegisterControlServer(d.grpcSrv, &controlService{d: d})
 	brickpb.RegisterPeerServer(d.grpcSrv, &peerService{d: d})
 	gl, err := net.Listen("tcp", cfg.addr(cfg.GRPCPort))
@@ -157,6 +163,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 		return nil, fmt.Errorf("starting gossip on %s: %w", cfg.addr(cfg.GossipPort), err)
 	}
 
+	d.cleanupStaleMounts()
 	d.goLoop(d.bootstrapLoop)
 	d.goLoop(d.leaderLoop)
 	d.goLoop(d.reconcileLoop)

@@ -21,7 +21,8 @@ func (a *app) volumeCommand() *cobra.Command {
 		RunE:    groupRunE,
 	}
 	cmd.AddCommand(a.volumeCreateCommand(), a.volumeListCommand(), a.volumeInspectCommand(),
-		a.volumeStatusCommand(), a.volumeRemoveCommand())
+		a.volumeStatusCommand(), a.volumeRemoveCommand(), a.volumeMountCommand(), a.volumeUnmountCommand(),
+		a.volumeAttachCommand(), a.volumeDetachCommand())
 	return cmd
 }
 

@@ -51,6 +51,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 	b.dur(&cfg.RaftHeartbeat, "raft-heartbeat", "Raft heartbeat and election timeout")
 	b.dur(&cfg.ReconcileInterval, "reconcile-interval", "how often replicas and Raft membership are re-checked besides reacting to events")
 	b.dur(&cfg.CapacityInterval, "capacity-interval", "how often free space is measured and gossiped")
+	b.dur(&cfg.ReplicaTimeout, "replica-timeout", "how long a volume's head waits for a brick before dropping it from the in-sync set")
 	logLevel, logFormat = "info", "text"
 	b.str(&logLevel, "log-level", "debug, info, warn or error")
 	b.str(&logFormat, "log-format", "text or json")
@@ -86,6 +87,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 		return 2
 	}
 	cfg.Logger = log
+	cfg.MountLogLevel = logLevel
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "brickd: %v\n", err)
 		return 2

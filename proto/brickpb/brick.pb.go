@@ -100,6 +100,450 @@ func (x *Header) GetHops() uint32 {
 	return 0
 }
 
+type AttachVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"` // daemon name; empty = the daemon that received the CLI request
+	Force         bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachVolumeRequest) Reset() {
+	*x = AttachVolumeRequest{}
+	mi := &file_brick_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachVolumeRequest) ProtoMessage() {}
+
+func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_brick_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachVolumeRequest.ProtoReflect.Descriptor instead.
+func (*AttachVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_brick_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AttachVolumeRequest) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *AttachVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AttachVolumeRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *AttachVolumeRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type DetachVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DetachVolumeRequest) Reset() {
+	*x = DetachVolumeRequest{}
+	mi := &file_brick_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetachVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachVolumeRequest) ProtoMessage() {}
+
+func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_brick_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachVolumeRequest.ProtoReflect.Descriptor instead.
+func (*DetachVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_brick_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DetachVolumeRequest) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *DetachVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DetachVolumeRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+type SetISRRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	VolumeId      string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Isr           []string               `protobuf:"bytes,4,rep,name=isr,proto3" json:"isr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetISRRequest) Reset() {
+	*x = SetISRRequest{}
+	mi := &file_brick_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetISRRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetISRRequest) ProtoMessage() {}
+
+func (x *SetISRRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_brick_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetISRRequest.ProtoReflect.Descriptor instead.
+func (*SetISRRequest) Descriptor() ([]byte, []int) {
+	return file_brick_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SetISRRequest) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *SetISRRequest) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *SetISRRequest) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *SetISRRequest) GetIsr() []string {
+	if x != nil {
+		return x.Isr
+	}
+	return nil
+}
+
+type MountVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Dir           string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	Force         bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountVolumeRequest) Reset() {
+	*x = MountVolumeRequest{}
+	mi := &file_brick_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountVolumeRequest) ProtoMessage() {}
+
+func (x *MountVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_brick_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountVolumeRequest.ProtoReflect.Descriptor instead.
+func (*MountVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_brick_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MountVolumeRequest) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *MountVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MountVolumeRequest) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *MountVolumeRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type MountVolumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	Dir           string                 `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`
+	Pid           int32                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	Log           string                 `protobuf:"bytes,4,opt,name=log,proto3" json:"log,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountVolumeResponse) Reset() {
+	*x = MountVolumeResponse{}
+	mi := &file_brick_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountVolumeResponse) ProtoMessage() {}
+
+func (x *MountVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_brick_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountVolumeResponse.ProtoReflect.Descriptor instead.
+func (*MountVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_brick_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MountVolumeResponse) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+func (x *MountVolumeResponse) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *MountVolumeResponse) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *MountVolumeResponse) GetLog() string {
+	if x != nil {
+		return x.Log
+	}
+	return ""
+}
+
+type UnmountVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Dir           string                 `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`
+	KeepAttached  bool                   `protobuf:"varint,3,opt,name=keep_attached,json=keepAttached,proto3" json:"keep_attached,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnmountVolumeRequest) Reset() {
+	*x = UnmountVolumeRequest{}
+	mi := &file_brick_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnmountVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnmountVolumeRequest) ProtoMessage() {}
+
+func (x *UnmountVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_brick_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnmountVolumeRequest.ProtoReflect.Descriptor instead.
+func (*UnmountVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_brick_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *UnmountVolumeRequest) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *UnmountVolumeRequest) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *UnmountVolumeRequest) GetKeepAttached() bool {
+	if x != nil {
+		return x.KeepAttached
+	}
+	return false
+}
+
+type UnmountVolumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Dir           string                 `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnmountVolumeResponse) Reset() {
+	*x = UnmountVolumeResponse{}
+	mi := &file_brick_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnmountVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnmountVolumeResponse) ProtoMessage() {}
+
+func (x *UnmountVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_brick_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnmountVolumeResponse.ProtoReflect.Descriptor instead.
+func (*UnmountVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_brick_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *UnmountVolumeResponse) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UnmountVolumeResponse) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
 type ClusterStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -109,7 +553,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_brick_proto_msgTypes[1]
+	mi := &file_brick_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -121,7 +565,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[1]
+	mi := &file_brick_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -134,7 +578,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{1}
+	return file_brick_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ClusterStatusRequest) GetHeader() *Header {
@@ -161,7 +605,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_brick_proto_msgTypes[2]
+	mi := &file_brick_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -173,7 +617,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[2]
+	mi := &file_brick_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -186,7 +630,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{2}
+	return file_brick_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ClusterStatusResponse) GetClusterId() string {
@@ -240,7 +684,7 @@ type ListPeersRequest struct {
 
 func (x *ListPeersRequest) Reset() {
 	*x = ListPeersRequest{}
-	mi := &file_brick_proto_msgTypes[3]
+	mi := &file_brick_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -252,7 +696,7 @@ func (x *ListPeersRequest) String() string {
 func (*ListPeersRequest) ProtoMessage() {}
 
 func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[3]
+	mi := &file_brick_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -265,7 +709,7 @@ func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPeersRequest.ProtoReflect.Descriptor instead.
 func (*ListPeersRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{3}
+	return file_brick_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListPeersRequest) GetHeader() *Header {
@@ -285,7 +729,7 @@ type ListPeersResponse struct {
 
 func (x *ListPeersResponse) Reset() {
 	*x = ListPeersResponse{}
-	mi := &file_brick_proto_msgTypes[4]
+	mi := &file_brick_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -297,7 +741,7 @@ func (x *ListPeersResponse) String() string {
 func (*ListPeersResponse) ProtoMessage() {}
 
 func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[4]
+	mi := &file_brick_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -310,7 +754,7 @@ func (x *ListPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPeersResponse.ProtoReflect.Descriptor instead.
 func (*ListPeersResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{4}
+	return file_brick_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListPeersResponse) GetPeers() []*PeerInfo {
@@ -343,7 +787,7 @@ type PeerInfo struct {
 
 func (x *PeerInfo) Reset() {
 	*x = PeerInfo{}
-	mi := &file_brick_proto_msgTypes[5]
+	mi := &file_brick_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -355,7 +799,7 @@ func (x *PeerInfo) String() string {
 func (*PeerInfo) ProtoMessage() {}
 
 func (x *PeerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[5]
+	mi := &file_brick_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -368,7 +812,7 @@ func (x *PeerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerInfo.ProtoReflect.Descriptor instead.
 func (*PeerInfo) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{5}
+	return file_brick_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PeerInfo) GetName() string {
@@ -444,7 +888,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_brick_proto_msgTypes[6]
+	mi := &file_brick_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -456,7 +900,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[6]
+	mi := &file_brick_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -469,7 +913,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{6}
+	return file_brick_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateVolumeRequest) GetHeader() *Header {
@@ -546,7 +990,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_brick_proto_msgTypes[7]
+	mi := &file_brick_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +1002,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[7]
+	mi := &file_brick_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +1015,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{7}
+	return file_brick_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteVolumeRequest) GetHeader() *Header {
@@ -604,7 +1048,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_brick_proto_msgTypes[8]
+	mi := &file_brick_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -616,7 +1060,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[8]
+	mi := &file_brick_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -629,7 +1073,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{8}
+	return file_brick_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteVolumeResponse) GetVolumeId() string {
@@ -649,7 +1093,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_brick_proto_msgTypes[9]
+	mi := &file_brick_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +1105,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[9]
+	mi := &file_brick_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +1118,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{9}
+	return file_brick_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetVolumeRequest) GetHeader() *Header {
@@ -700,7 +1144,7 @@ type VolumeResponse struct {
 
 func (x *VolumeResponse) Reset() {
 	*x = VolumeResponse{}
-	mi := &file_brick_proto_msgTypes[10]
+	mi := &file_brick_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +1156,7 @@ func (x *VolumeResponse) String() string {
 func (*VolumeResponse) ProtoMessage() {}
 
 func (x *VolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[10]
+	mi := &file_brick_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +1169,7 @@ func (x *VolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeResponse.ProtoReflect.Descriptor instead.
 func (*VolumeResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{10}
+	return file_brick_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *VolumeResponse) GetVolume() *Volume {
@@ -744,7 +1188,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_brick_proto_msgTypes[11]
+	mi := &file_brick_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +1200,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[11]
+	mi := &file_brick_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +1213,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{11}
+	return file_brick_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListVolumesRequest) GetHeader() *Header {
@@ -788,7 +1232,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_brick_proto_msgTypes[12]
+	mi := &file_brick_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +1244,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[12]
+	mi := &file_brick_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +1257,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{12}
+	return file_brick_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -850,7 +1294,7 @@ type Volume struct {
 
 func (x *Volume) Reset() {
 	*x = Volume{}
-	mi := &file_brick_proto_msgTypes[13]
+	mi := &file_brick_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1306,7 @@ func (x *Volume) String() string {
 func (*Volume) ProtoMessage() {}
 
 func (x *Volume) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[13]
+	mi := &file_brick_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1319,7 @@ func (x *Volume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Volume.ProtoReflect.Descriptor instead.
 func (*Volume) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{13}
+	return file_brick_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Volume) GetId() string {
@@ -1023,7 +1467,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_brick_proto_msgTypes[14]
+	mi := &file_brick_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1479,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[14]
+	mi := &file_brick_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1492,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{14}
+	return file_brick_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Placement) GetBrickId() string {
@@ -1091,7 +1535,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_brick_proto_msgTypes[15]
+	mi := &file_brick_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1547,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[15]
+	mi := &file_brick_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1560,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{15}
+	return file_brick_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Attachment) GetBrickId() string {
@@ -1157,7 +1601,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_brick_proto_msgTypes[16]
+	mi := &file_brick_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1613,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[16]
+	mi := &file_brick_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1626,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{16}
+	return file_brick_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ApplyRequest) GetHeader() *Header {
@@ -1208,7 +1652,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_brick_proto_msgTypes[17]
+	mi := &file_brick_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1664,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[17]
+	mi := &file_brick_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1677,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{17}
+	return file_brick_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -1254,7 +1698,7 @@ type ReplicaRequest struct {
 
 func (x *ReplicaRequest) Reset() {
 	*x = ReplicaRequest{}
-	mi := &file_brick_proto_msgTypes[18]
+	mi := &file_brick_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1266,7 +1710,7 @@ func (x *ReplicaRequest) String() string {
 func (*ReplicaRequest) ProtoMessage() {}
 
 func (x *ReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[18]
+	mi := &file_brick_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1279,7 +1723,7 @@ func (x *ReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{18}
+	return file_brick_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReplicaRequest) GetHeader() *Header {
@@ -1312,7 +1756,7 @@ type ReplicaResponse struct {
 
 func (x *ReplicaResponse) Reset() {
 	*x = ReplicaResponse{}
-	mi := &file_brick_proto_msgTypes[19]
+	mi := &file_brick_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1324,7 +1768,7 @@ func (x *ReplicaResponse) String() string {
 func (*ReplicaResponse) ProtoMessage() {}
 
 func (x *ReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[19]
+	mi := &file_brick_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1337,7 +1781,7 @@ func (x *ReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{19}
+	return file_brick_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReplicaResponse) GetPath() string {
@@ -1357,7 +1801,38 @@ const file_brick_proto_rawDesc = "" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x1b\n" +
 	"\tsender_id\x18\x02 \x01(\tR\bsenderId\x12)\n" +
 	"\x10protocol_version\x18\x03 \x01(\rR\x0fprotocolVersion\x12\x12\n" +
-	"\x04hops\x18\x04 \x01(\rR\x04hops\"@\n" +
+	"\x04hops\x18\x04 \x01(\rR\x04hops\"}\n" +
+	"\x13AttachVolumeRequest\x12(\n" +
+	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"g\n" +
+	"\x13DetachVolumeRequest\x12(\n" +
+	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\"~\n" +
+	"\rSetISRRequest\x12(\n" +
+	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x1b\n" +
+	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x10\n" +
+	"\x03isr\x18\x04 \x03(\tR\x03isr\"z\n" +
+	"\x12MountVolumeRequest\x12(\n" +
+	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"u\n" +
+	"\x13MountVolumeResponse\x12(\n" +
+	"\x06volume\x18\x01 \x01(\v2\x10.brick.v1.VolumeR\x06volume\x12\x10\n" +
+	"\x03dir\x18\x02 \x01(\tR\x03dir\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x10\n" +
+	"\x03log\x18\x04 \x01(\tR\x03log\"w\n" +
+	"\x14UnmountVolumeRequest\x12(\n" +
+	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x10\n" +
+	"\x03dir\x18\x02 \x01(\tR\x03dir\x12#\n" +
+	"\rkeep_attached\x18\x03 \x01(\bR\fkeepAttached\"=\n" +
+	"\x15UnmountVolumeResponse\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03dir\x18\x02 \x01(\tR\x03dir\"@\n" +
 	"\x14ClusterStatusRequest\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\"\xdd\x01\n" +
 	"\x15ClusterStatusResponse\x12\x1d\n" +
@@ -1463,14 +1938,19 @@ const file_brick_proto_rawDesc = "" +
 	"\vvolume_name\x18\x03 \x01(\tR\n" +
 	"volumeName\"%\n" +
 	"\x0fReplicaResponse\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path2\xc8\x03\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path2\xb5\x06\n" +
 	"\aControl\x12P\n" +
 	"\rClusterStatus\x12\x1e.brick.v1.ClusterStatusRequest\x1a\x1f.brick.v1.ClusterStatusResponse\x12D\n" +
 	"\tListPeers\x12\x1a.brick.v1.ListPeersRequest\x1a\x1b.brick.v1.ListPeersResponse\x12G\n" +
 	"\fCreateVolume\x12\x1d.brick.v1.CreateVolumeRequest\x1a\x18.brick.v1.VolumeResponse\x12M\n" +
 	"\fDeleteVolume\x12\x1d.brick.v1.DeleteVolumeRequest\x1a\x1e.brick.v1.DeleteVolumeResponse\x12A\n" +
 	"\tGetVolume\x12\x1a.brick.v1.GetVolumeRequest\x1a\x18.brick.v1.VolumeResponse\x12J\n" +
-	"\vListVolumes\x12\x1c.brick.v1.ListVolumesRequest\x1a\x1d.brick.v1.ListVolumesResponse2\xcc\x01\n" +
+	"\vListVolumes\x12\x1c.brick.v1.ListVolumesRequest\x1a\x1d.brick.v1.ListVolumesResponse\x12G\n" +
+	"\fAttachVolume\x12\x1d.brick.v1.AttachVolumeRequest\x1a\x18.brick.v1.VolumeResponse\x12G\n" +
+	"\fDetachVolume\x12\x1d.brick.v1.DetachVolumeRequest\x1a\x18.brick.v1.VolumeResponse\x12;\n" +
+	"\x06SetISR\x12\x17.brick.v1.SetISRRequest\x1a\x18.brick.v1.VolumeResponse\x12J\n" +
+	"\vMountVolume\x12\x1c.brick.v1.MountVolumeRequest\x1a\x1d.brick.v1.MountVolumeResponse\x12P\n" +
+	"\rUnmountVolume\x12\x1e.brick.v1.UnmountVolumeRequest\x1a\x1f.brick.v1.UnmountVolumeResponse2\xcc\x01\n" +
 	"\x04Peer\x128\n" +
 	"\x05Apply\x12\x16.brick.v1.ApplyRequest\x1a\x17.brick.v1.ApplyResponse\x12D\n" +
 	"\rEnsureReplica\x12\x18.brick.v1.ReplicaRequest\x1a\x19.brick.v1.ReplicaResponse\x12D\n" +
@@ -1488,72 +1968,95 @@ func file_brick_proto_rawDescGZIP() []byte {
 	return file_brick_proto_rawDescData
 }
 
-var file_brick_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_brick_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_brick_proto_goTypes = []any{
 	(*Header)(nil),                // 0: brick.v1.Header
-	(*ClusterStatusRequest)(nil),  // 1: brick.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil), // 2: brick.v1.ClusterStatusResponse
-	(*ListPeersRequest)(nil),      // 3: brick.v1.ListPeersRequest
-	(*ListPeersResponse)(nil),     // 4: brick.v1.ListPeersResponse
-	(*PeerInfo)(nil),              // 5: brick.v1.PeerInfo
-	(*CreateVolumeRequest)(nil),   // 6: brick.v1.CreateVolumeRequest
-	(*DeleteVolumeRequest)(nil),   // 7: brick.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),  // 8: brick.v1.DeleteVolumeResponse
-	(*GetVolumeRequest)(nil),      // 9: brick.v1.GetVolumeRequest
-	(*VolumeResponse)(nil),        // 10: brick.v1.VolumeResponse
-	(*ListVolumesRequest)(nil),    // 11: brick.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),   // 12: brick.v1.ListVolumesResponse
-	(*Volume)(nil),                // 13: brick.v1.Volume
-	(*Placement)(nil),             // 14: brick.v1.Placement
-	(*Attachment)(nil),            // 15: brick.v1.Attachment
-	(*ApplyRequest)(nil),          // 16: brick.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 17: brick.v1.ApplyResponse
-	(*ReplicaRequest)(nil),        // 18: brick.v1.ReplicaRequest
-	(*ReplicaResponse)(nil),       // 19: brick.v1.ReplicaResponse
-	nil,                           // 20: brick.v1.CreateVolumeRequest.LabelsEntry
-	nil,                           // 21: brick.v1.Volume.LabelsEntry
+	(*AttachVolumeRequest)(nil),   // 1: brick.v1.AttachVolumeRequest
+	(*DetachVolumeRequest)(nil),   // 2: brick.v1.DetachVolumeRequest
+	(*SetISRRequest)(nil),         // 3: brick.v1.SetISRRequest
+	(*MountVolumeRequest)(nil),    // 4: brick.v1.MountVolumeRequest
+	(*MountVolumeResponse)(nil),   // 5: brick.v1.MountVolumeResponse
+	(*UnmountVolumeRequest)(nil),  // 6: brick.v1.UnmountVolumeRequest
+	(*UnmountVolumeResponse)(nil), // 7: brick.v1.UnmountVolumeResponse
+	(*ClusterStatusRequest)(nil),  // 8: brick.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil), // 9: brick.v1.ClusterStatusResponse
+	(*ListPeersRequest)(nil),      // 10: brick.v1.ListPeersRequest
+	(*ListPeersResponse)(nil),     // 11: brick.v1.ListPeersResponse
+	(*PeerInfo)(nil),              // 12: brick.v1.PeerInfo
+	(*CreateVolumeRequest)(nil),   // 13: brick.v1.CreateVolumeRequest
+	(*DeleteVolumeRequest)(nil),   // 14: brick.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),  // 15: brick.v1.DeleteVolumeResponse
+	(*GetVolumeRequest)(nil),      // 16: brick.v1.GetVolumeRequest
+	(*VolumeResponse)(nil),        // 17: brick.v1.VolumeResponse
+	(*ListVolumesRequest)(nil),    // 18: brick.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),   // 19: brick.v1.ListVolumesResponse
+	(*Volume)(nil),                // 20: brick.v1.Volume
+	(*Placement)(nil),             // 21: brick.v1.Placement
+	(*Attachment)(nil),            // 22: brick.v1.Attachment
+	(*ApplyRequest)(nil),          // 23: brick.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 24: brick.v1.ApplyResponse
+	(*ReplicaRequest)(nil),        // 25: brick.v1.ReplicaRequest
+	(*ReplicaResponse)(nil),       // 26: brick.v1.ReplicaResponse
+	nil,                           // 27: brick.v1.CreateVolumeRequest.LabelsEntry
+	nil,                           // 28: brick.v1.Volume.LabelsEntry
 }
 var file_brick_proto_depIdxs = []int32{
-	0,  // 0: brick.v1.ClusterStatusRequest.header:type_name -> brick.v1.Header
-	5,  // 1: brick.v1.ClusterStatusResponse.peers:type_name -> brick.v1.PeerInfo
-	13, // 2: brick.v1.ClusterStatusResponse.volumes:type_name -> brick.v1.Volume
-	0,  // 3: brick.v1.ListPeersRequest.header:type_name -> brick.v1.Header
-	5,  // 4: brick.v1.ListPeersResponse.peers:type_name -> brick.v1.PeerInfo
-	0,  // 5: brick.v1.CreateVolumeRequest.header:type_name -> brick.v1.Header
-	20, // 6: brick.v1.CreateVolumeRequest.labels:type_name -> brick.v1.CreateVolumeRequest.LabelsEntry
-	0,  // 7: brick.v1.DeleteVolumeRequest.header:type_name -> brick.v1.Header
-	0,  // 8: brick.v1.GetVolumeRequest.header:type_name -> brick.v1.Header
-	13, // 9: brick.v1.VolumeResponse.volume:type_name -> brick.v1.Volume
-	0,  // 10: brick.v1.ListVolumesRequest.header:type_name -> brick.v1.Header
-	13, // 11: brick.v1.ListVolumesResponse.volumes:type_name -> brick.v1.Volume
-	21, // 12: brick.v1.Volume.labels:type_name -> brick.v1.Volume.LabelsEntry
-	14, // 13: brick.v1.Volume.placement:type_name -> brick.v1.Placement
-	15, // 14: brick.v1.Volume.attachments:type_name -> brick.v1.Attachment
-	0,  // 15: brick.v1.ApplyRequest.header:type_name -> brick.v1.Header
-	0,  // 16: brick.v1.ReplicaRequest.header:type_name -> brick.v1.Header
-	1,  // 17: brick.v1.Control.ClusterStatus:input_type -> brick.v1.ClusterStatusRequest
-	3,  // 18: brick.v1.Control.ListPeers:input_type -> brick.v1.ListPeersRequest
-	6,  // 19: brick.v1.Control.CreateVolume:input_type -> brick.v1.CreateVolumeRequest
-	7,  // 20: brick.v1.Control.DeleteVolume:input_type -> brick.v1.DeleteVolumeRequest
-	9,  // 21: brick.v1.Control.GetVolume:input_type -> brick.v1.GetVolumeRequest
-	11, // 22: brick.v1.Control.ListVolumes:input_type -> brick.v1.ListVolumesRequest
-	16, // 23: brick.v1.Peer.Apply:input_type -> brick.v1.ApplyRequest
-	18, // 24: brick.v1.Peer.EnsureReplica:input_type -> brick.v1.ReplicaRequest
-	18, // 25: brick.v1.Peer.RemoveReplica:input_type -> brick.v1.ReplicaRequest
-	2,  // 26: brick.v1.Control.ClusterStatus:output_type -> brick.v1.ClusterStatusResponse
-	4,  // 27: brick.v1.Control.ListPeers:output_type -> brick.v1.ListPeersResponse
-	10, // 28: brick.v1.Control.CreateVolume:output_type -> brick.v1.VolumeResponse
-	8,  // 29: brick.v1.Control.DeleteVolume:output_type -> brick.v1.DeleteVolumeResponse
-	10, // 30: brick.v1.Control.GetVolume:output_type -> brick.v1.VolumeResponse
-	12, // 31: brick.v1.Control.ListVolumes:output_type -> brick.v1.ListVolumesResponse
-	17, // 32: brick.v1.Peer.Apply:output_type -> brick.v1.ApplyResponse
-	19, // 33: brick.v1.Peer.EnsureReplica:output_type -> brick.v1.ReplicaResponse
-	19, // 34: brick.v1.Peer.RemoveReplica:output_type -> brick.v1.ReplicaResponse
-	26, // [26:35] is the sub-list for method output_type
-	17, // [17:26] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	0,  // 0: brick.v1.AttachVolumeRequest.header:type_name -> brick.v1.Header
+	0,  // 1: brick.v1.DetachVolumeRequest.header:type_name -> brick.v1.Header
+	0,  // 2: brick.v1.SetISRRequest.header:type_name -> brick.v1.Header
+	0,  // 3: brick.v1.MountVolumeRequest.header:type_name -> brick.v1.Header
+	20, // 4: brick.v1.MountVolumeResponse.volume:type_name -> brick.v1.Volume
+	0,  // 5: brick.v1.UnmountVolumeRequest.header:type_name -> brick.v1.Header
+	0,  // 6: brick.v1.ClusterStatusRequest.header:type_name -> brick.v1.Header
+	12, // 7: brick.v1.ClusterStatusResponse.peers:type_name -> brick.v1.PeerInfo
+	20, // 8: brick.v1.ClusterStatusResponse.volumes:type_name -> brick.v1.Volume
+	0,  // 9: brick.v1.ListPeersRequest.header:type_name -> brick.v1.Header
+	12, // 10: brick.v1.ListPeersResponse.peers:type_name -> brick.v1.PeerInfo
+	0,  // 11: brick.v1.CreateVolumeRequest.header:type_name -> brick.v1.Header
+	27, // 12: brick.v1.CreateVolumeRequest.labels:type_name -> brick.v1.CreateVolumeRequest.LabelsEntry
+	0,  // 13: brick.v1.DeleteVolumeRequest.header:type_name -> brick.v1.Header
+	0,  // 14: brick.v1.GetVolumeRequest.header:type_name -> brick.v1.Header
+	20, // 15: brick.v1.VolumeResponse.volume:type_name -> brick.v1.Volume
+	0,  // 16: brick.v1.ListVolumesRequest.header:type_name -> brick.v1.Header
+	20, // 17: brick.v1.ListVolumesResponse.volumes:type_name -> brick.v1.Volume
+	28, // 18: brick.v1.Volume.labels:type_name -> brick.v1.Volume.LabelsEntry
+	21, // 19: brick.v1.Volume.placement:type_name -> brick.v1.Placement
+	22, // 20: brick.v1.Volume.attachments:type_name -> brick.v1.Attachment
+	0,  // 21: brick.v1.ApplyRequest.header:type_name -> brick.v1.Header
+	0,  // 22: brick.v1.ReplicaRequest.header:type_name -> brick.v1.Header
+	8,  // 23: brick.v1.Control.ClusterStatus:input_type -> brick.v1.ClusterStatusRequest
+	10, // 24: brick.v1.Control.ListPeers:input_type -> brick.v1.ListPeersRequest
+	13, // 25: brick.v1.Control.CreateVolume:input_type -> brick.v1.CreateVolumeRequest
+	14, // 26: brick.v1.Control.DeleteVolume:input_type -> brick.v1.DeleteVolumeRequest
+	16, // 27: brick.v1.Control.GetVolume:input_type -> brick.v1.GetVolumeRequest
+	18, // 28: brick.v1.Control.ListVolumes:input_type -> brick.v1.ListVolumesRequest
+	1,  // 29: brick.v1.Control.AttachVolume:input_type -> brick.v1.AttachVolumeRequest
+	2,  // 30: brick.v1.Control.DetachVolume:input_type -> brick.v1.DetachVolumeRequest
+	3,  // 31: brick.v1.Control.SetISR:input_type -> brick.v1.SetISRRequest
+	4,  // 32: brick.v1.Control.MountVolume:input_type -> brick.v1.MountVolumeRequest
+	6,  // 33: brick.v1.Control.UnmountVolume:input_type -> brick.v1.UnmountVolumeRequest
+	23, // 34: brick.v1.Peer.Apply:input_type -> brick.v1.ApplyRequest
+	25, // 35: brick.v1.Peer.EnsureReplica:input_type -> brick.v1.ReplicaRequest
+	25, // 36: brick.v1.Peer.RemoveReplica:input_type -> brick.v1.ReplicaRequest
+	9,  // 37: brick.v1.Control.ClusterStatus:output_type -> brick.v1.ClusterStatusResponse
+	11, // 38: brick.v1.Control.ListPeers:output_type -> brick.v1.ListPeersResponse
+	17, // 39: brick.v1.Control.CreateVolume:output_type -> brick.v1.VolumeResponse
+	15, // 40: brick.v1.Control.DeleteVolume:output_type -> brick.v1.DeleteVolumeResponse
+	17, // 41: brick.v1.Control.GetVolume:output_type -> brick.v1.VolumeResponse
+	19, // 42: brick.v1.Control.ListVolumes:output_type -> brick.v1.ListVolumesResponse
+	17, // 43: brick.v1.Control.AttachVolume:output_type -> brick.v1.VolumeResponse
+	17, // 44: brick.v1.Control.DetachVolume:output_type -> brick.v1.VolumeResponse
+	17, // 45: brick.v1.Control.SetISR:output_type -> brick.v1.VolumeResponse
+	5,  // 46: brick.v1.Control.MountVolume:output_type -> brick.v1.MountVolumeResponse
+	7,  // 47: brick.v1.Control.UnmountVolume:output_type -> brick.v1.UnmountVolumeResponse
+	24, // 48: brick.v1.Peer.Apply:output_type -> brick.v1.ApplyResponse
+	26, // 49: brick.v1.Peer.EnsureReplica:output_type -> brick.v1.ReplicaResponse
+	26, // 50: brick.v1.Peer.RemoveReplica:output_type -> brick.v1.ReplicaResponse
+	37, // [37:51] is the sub-list for method output_type
+	23, // [23:37] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_brick_proto_init() }
@@ -1567,7 +2070,7 @@ func file_brick_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_brick_proto_rawDesc), len(file_brick_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

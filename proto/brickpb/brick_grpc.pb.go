@@ -30,6 +30,11 @@ const (
 	Control_DeleteVolume_FullMethodName  = "/brick.v1.Control/DeleteVolume"
 	Control_GetVolume_FullMethodName     = "/brick.v1.Control/GetVolume"
 	Control_ListVolumes_FullMethodName   = "/brick.v1.Control/ListVolumes"
+	Control_AttachVolume_FullMethodName  = "/brick.v1.Control/AttachVolume"
+	Control_DetachVolume_FullMethodName  = "/brick.v1.Control/DetachVolume"
+	Control_SetISR_FullMethodName        = "/brick.v1.Control/SetISR"
+	Control_MountVolume_FullMethodName   = "/brick.v1.Control/MountVolume"
+	Control_UnmountVolume_FullMethodName = "/brick.v1.Control/UnmountVolume"
 )
 
 // ControlClient is the client API for Control service.
@@ -45,6 +50,19 @@ type ControlClient interface {
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
 	GetVolume(ctx context.Context, in *GetVolumeRequest, opts ...grpc.CallOption) (*VolumeResponse, error)
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
+	// AttachVolume makes a host (default: the answering daemon) an attached
+	// host of the volume; for access=single it becomes the head at a new
+	// epoch. Idempotent on the host that already holds it.
+	AttachVolume(ctx context.Context, in *AttachVolumeRequest, opts ...grpc.CallOption) (*VolumeResponse, error)
+	DetachVolume(ctx context.Context, in *DetachVolumeRequest, opts ...grpc.CallOption) (*VolumeResponse, error)
+	// SetISR replaces a volume's in-sync replica set, conditioned on the
+	// epoch (the head calls it to drop a brick that stopped acknowledging).
+	SetISR(ctx context.Context, in *SetISRRequest, opts ...grpc.CallOption) (*VolumeResponse, error)
+	// MountVolume attaches the volume to the answering daemon's host and
+	// starts a mount process serving it at dir. Local to that daemon.
+	MountVolume(ctx context.Context, in *MountVolumeRequest, opts ...grpc.CallOption) (*MountVolumeResponse, error)
+	// UnmountVolume stops the mount process serving dir and detaches.
+	UnmountVolume(ctx context.Context, in *UnmountVolumeRequest, opts ...grpc.CallOption) (*UnmountVolumeResponse, error)
 }
 
 type controlClient struct {
@@ -115,6 +133,56 @@ func (c *controlClient) ListVolumes(ctx context.Context, in *ListVolumesRequest,
 	return out, nil
 }
 
+func (c *controlClient) AttachVolume(ctx context.Context, in *AttachVolumeRequest, opts ...grpc.CallOption) (*VolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VolumeResponse)
+	err := c.cc.Invoke(ctx, Control_AttachVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) DetachVolume(ctx context.Context, in *DetachVolumeRequest, opts ...grpc.CallOption) (*VolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VolumeResponse)
+	err := c.cc.Invoke(ctx, Control_DetachVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) SetISR(ctx context.Context, in *SetISRRequest, opts ...grpc.CallOption) (*VolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VolumeResponse)
+	err := c.cc.Invoke(ctx, Control_SetISR_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) MountVolume(ctx context.Context, in *MountVolumeRequest, opts ...grpc.CallOption) (*MountVolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MountVolumeResponse)
+	err := c.cc.Invoke(ctx, Control_MountVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) UnmountVolume(ctx context.Context, in *UnmountVolumeRequest, opts ...grpc.CallOption) (*UnmountVolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnmountVolumeResponse)
+	err := c.cc.Invoke(ctx, Control_UnmountVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServer is the server API for Control service.
 // All implementations must embed UnimplementedControlServer
 // for forward compatibility.
@@ -128,6 +196,19 @@ type ControlServer interface {
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
 	GetVolume(context.Context, *GetVolumeRequest) (*VolumeResponse, error)
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
+	// AttachVolume makes a host (default: the answering daemon) an attached
+	// host of the volume; for access=single it becomes the head at a new
+	// epoch. Idempotent on the host that already holds it.
+	AttachVolume(context.Context, *AttachVolumeRequest) (*VolumeResponse, error)
+	DetachVolume(context.Context, *DetachVolumeRequest) (*VolumeResponse, error)
+	// SetISR replaces a volume's in-sync replica set, conditioned on the
+	// epoch (the head calls it to drop a brick that stopped acknowledging).
+	SetISR(context.Context, *SetISRRequest) (*VolumeResponse, error)
+	// MountVolume attaches the volume to the answering daemon's host and
+	// starts a mount process serving it at dir. Local to that daemon.
+	MountVolume(context.Context, *MountVolumeRequest) (*MountVolumeResponse, error)
+	// UnmountVolume stops the mount process serving dir and detaches.
+	UnmountVolume(context.Context, *UnmountVolumeRequest) (*UnmountVolumeResponse, error)
 	mustEmbedUnimplementedControlServer()
 }
 
@@ -155,6 +236,21 @@ func (UnimplementedControlServer) GetVolume(context.Context, *GetVolumeRequest) 
 }
 func (UnimplementedControlServer) ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListVolumes not implemented")
+}
+func (UnimplementedControlServer) AttachVolume(context.Context, *AttachVolumeRequest) (*VolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AttachVolume not implemented")
+}
+func (UnimplementedControlServer) DetachVolume(context.Context, *DetachVolumeRequest) (*VolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DetachVolume not implemented")
+}
+func (UnimplementedControlServer) SetISR(context.Context, *SetISRRequest) (*VolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetISR not implemented")
+}
+func (UnimplementedControlServer) MountVolume(context.Context, *MountVolumeRequest) (*MountVolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MountVolume not implemented")
+}
+func (UnimplementedControlServer) UnmountVolume(context.Context, *UnmountVolumeRequest) (*UnmountVolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnmountVolume not implemented")
 }
 func (UnimplementedControlServer) mustEmbedUnimplementedControlServer() {}
 func (UnimplementedControlServer) testEmbeddedByValue()                 {}
@@ -285,6 +381,96 @@ func _Control_ListVolumes_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_AttachVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AttachVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).AttachVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_AttachVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).AttachVolume(ctx, req.(*AttachVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_DetachVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DetachVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).DetachVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_DetachVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).DetachVolume(ctx, req.(*DetachVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_SetISR_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetISRRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).SetISR(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_SetISR_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).SetISR(ctx, req.(*SetISRRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_MountVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MountVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).MountVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_MountVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).MountVolume(ctx, req.(*MountVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_UnmountVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnmountVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).UnmountVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_UnmountVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).UnmountVolume(ctx, req.(*UnmountVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Control_ServiceDesc is the grpc.ServiceDesc for Control service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -315,6 +501,26 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListVolumes",
 			Handler:    _Control_ListVolumes_Handler,
+		},
+		{
+			MethodName: "AttachVolume",
+			Handler:    _Control_AttachVolume_Handler,
+		},
+		{
+			MethodName: "DetachVolume",
+			Handler:    _Control_DetachVolume_Handler,
+		},
+		{
+			MethodName: "SetISR",
+			Handler:    _Control_SetISR_Handler,
+		},
+		{
+			MethodName: "MountVolume",
+			Handler:    _Control_MountVolume_Handler,
+		},
+		{
+			MethodName: "UnmountVolume",
+			Handler:    _Control_UnmountVolume_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,58 @@
+package mounter
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/brickvol/brick/auth"
+	"github.com/brickvol/brick/proto/brickpb"
+)
+
+// conns dials daemons over TLS authenticated by the cluster key and keeps
+// one gRPC connection per address.
+type conns struct {
+	key    *auth.Key
+	sender string
+
+	mu sync.Mutex
+	m  map[string]*grpc.ClientConn
+}
+
+func newConns(key *auth.Key, sender string) *conns {
+	return &conns{key: key, sender: sender, m: map[string]*grpc.ClientConn{}}
+}
+
+func (c *conns) get(addr string) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cc, ok := c.m[addr]; ok {
+		return cc, nil
+	}
+	cc, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()), // TLS is below, in auth.Key.Dial
+		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return c.key.Dial(ctx, a) }),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
+	}
+	c.m[addr] = cc
+	return cc, nil
+}
+
+func (c *conns) header() *brickpb.Header {
+	return &brickpb.Header{SenderId: c.sender, ProtocolVersion: brickpb.ProtocolVersion}
+}
+
+func (c *conns) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for a, cc := range c.m {
+		cc.Close()
+		delete(c.m, a)
+	}
+}
