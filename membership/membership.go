@@ -459,6 +459,11 @@ func (m *Membership) run() {
 			}
 			err := m.join()
 			if err == nil {
+				if lost {
+					m.log.Info("contact with the cluster restored", "members", m.ml.NumMembers())
+				} else {
+					m.log.Info("joined the cluster", "via", m.peers, "members", m.ml.NumMembers())
+				}
 				failures, lost = 0, false
 				break
 			}
@@ -492,9 +497,8 @@ func (m *Membership) join() error {
 		return nil
 	}
 	n, err := m.ml.Join(targets)
-	if members := m.ml.NumMembers(); n > 0 && members > 1 {
+	if n > 0 && m.ml.NumMembers() > 1 {
 		m.markJoined()
-		m.log.Info("joined the cluster", "via", targets, "members", members)
 		return nil
 	}
 	if err == nil {

@@ -11,7 +11,6 @@ import (
 	"github.com/brickvol/brick/volspec"
 )
 
-
 func (a *app) volumeMountCommand() *cobra.Command {
 	var force bool
 	cmd := &cobra.Command{
