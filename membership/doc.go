@@ -15,6 +15,10 @@
 //     State and the local time it entered that state. Dead and left members
 //     stay in the table for Config.DeadRetention so that callers can say
 //     "dead since 14:01:58".
+//   - Restarts: a daemon restarted under its name, at the same or a new
+//     address, is accepted again (a new address once the old one has been
+//     dead for memberlist's DeadNodeReclaimTime: 30 s LAN, 1 s local; see
+//     reclaim.go for how we make sure that happens promptly).
 //   - Events: Subscribe delivers an Event for every join, state change,
 //     metadata update and leave.
 //

@@ -72,7 +72,7 @@ func (b *logBridge) handle(line string) {
 	if msg == "" {
 		return
 	}
-	if isKeyRefusal(msg) {
+	if from != "" && isKeyRefusal(msg) { // a refused packet or stream from someone
 		b.refusal(msg, from)
 		return
 	}

@@ -58,6 +58,8 @@ func TestBridgeRefusalRateLimit(t *testing.T) {
 	now = now.Add(time.Millisecond)
 	ml.Printf("[ERR] memberlist: failed to receive: %s %s", "no installed keys could decrypt the message", "from=127.0.0.9:40005")
 	ml.Printf("[INFO] memberlist: Suspect %s has failed, no acks received", "node-7")
+	// Our own failed join names no sender: it is not a refusal of anyone.
+	ml.Printf("[DEBUG] memberlist: %v", "Failed to join 127.0.0.9:7401: no installed keys could decrypt the message")
 
 	var got []string
 	for _, r := range rec.all() {
@@ -80,7 +82,7 @@ func TestBridgeRefusalRateLimit(t *testing.T) {
 		t.Fatalf("suspects = %q, want [node-7]", suspects)
 	}
 	for _, r := range rec.all() {
-		if strings.Contains(r.Msg, "no installed keys") {
+		if strings.Contains(r.Msg, "no installed keys") && r.Level != slog.LevelDebug {
 			t.Fatalf("raw memberlist refusal leaked through: %+v", r)
 		}
 	}

@@ -85,8 +85,7 @@ type Membership struct {
 
 type subscriber struct {
 	ch      chan Event
-	dropped uint64
-	once    sync.Once
+	dropped uint64 // guarded by Membership.mu
 }
 
 // New validates cfg, starts gossip on BindAddr:BindPort and returns at once.
@@ -453,11 +452,18 @@ func (m *Membership) run() {
 			}
 			failures, lost = 0, false
 		default:
+			targets := m.joinTargets()
+			if len(targets) == 0 {
+				// Every peer is a name of ours: we are the first member.
+				m.markJoined()
+				wait = max(m.cfg.JoinRetry, maxJoinRetry)
+				break
+			}
 			if m.joined.Load() && !lost {
 				lost, failures = true, 0
 				m.log.Warn("lost contact with every other member; retrying the configured peers", "peers", m.peers)
 			}
-			err := m.join()
+			err := m.join(targets)
 			if err == nil {
 				if lost {
 					m.log.Info("contact with the cluster restored", "members", m.ml.NumMembers())
@@ -488,14 +494,8 @@ func backoff(base time.Duration, failures int) time.Duration {
 	return min(d, limit)
 }
 
-// join makes one attempt at every configured peer.
-func (m *Membership) join() error {
-	targets := m.joinTargets()
-	if len(targets) == 0 {
-		// Every peer resolved to ourselves: we are the first member.
-		m.markJoined()
-		return nil
-	}
+// join makes one attempt at every target.
+func (m *Membership) join(targets []string) error {
 	n, err := m.ml.Join(targets)
 	if n > 0 && m.ml.NumMembers() > 1 {
 		m.markJoined()
@@ -504,12 +504,35 @@ func (m *Membership) join() error {
 	if err == nil {
 		return fmt.Errorf("join %v: %w", targets, ErrNoAnswer)
 	}
-	msg := strings.Join(strings.Fields(err.Error()), " ") // flatten go-multierror
-	if isKeyRefusal(msg) {
-		return fmt.Errorf("join %v: %w: %s", targets, ErrKeyMismatch, msg)
+	flat := flatten(err)
+	// memberlist has no typed error for this; its text is pinned by tests.
+	if isKeyRefusal(flat.msg) {
+		return fmt.Errorf("join %v: %w: %w", targets, ErrKeyMismatch, flat)
 	}
-	return fmt.Errorf("join %v: %s", targets, msg)
+	return fmt.Errorf("join %v: %w", targets, flat)
 }
+
+// flatten puts memberlist's multi-line go-multierror on one line.
+func flatten(err error) flatError {
+	var parts []string
+	if multi, ok := err.(interface{ WrappedErrors() []error }); ok {
+		for _, e := range multi.WrappedErrors() {
+			parts = append(parts, e.Error())
+		}
+	} else {
+		parts = []string{err.Error()}
+	}
+	return flatError{msg: strings.Join(strings.Fields(strings.Join(parts, "; ")), " "), err: err}
+}
+
+// flatError is an error shown on one line.
+type flatError struct {
+	msg string
+	err error
+}
+
+func (e flatError) Error() string { return e.msg }
+func (e flatError) Unwrap() error { return e.err }
 
 // joinTargets returns the peers to try, without those whose host name
 // resolves only to ourselves. Unresolvable names are kept: memberlist
