@@ -53,7 +53,7 @@ func (s *controlService) SetISR(ctx context.Context, req *brickpb.SetISRRequest)
 		}
 		s.d.log.Warn("in-sync replica set changed", "volume", res.Volume.Name, "epoch", req.Epoch, "isr", req.Isr,
 			"by", req.Header.SenderId)
-		return &brickpb.VolumeResponse{Volume: s.d.volumeInfo(s.d.node.FSM().State(), res.Volume)}, nil
+		return &brickpb.VolumeResponse{Volume: s.d.volumeInfo(s.d.node.FSM().State(), res.Volume), RaftIndex: res.Index}, nil
 	}, func(ctx context.Context, c brickpb.ControlClient, req *brickpb.SetISRRequest) (*brickpb.VolumeResponse, error) {
 		return c.SetISR(ctx, req)
 	})

@@ -371,6 +371,7 @@ func (d *Daemon) reconcile() {
 	}
 	for _, id := range ids {
 		if _, dead := st.Tombstones[control.VolumeID(id)]; dead {
+			d.replicas.close(id)
 			if err := d.store.Remove(id); err != nil {
 				d.log.Warn("removing the replica of a deleted volume", "id", id, "err", err)
 			} else {

@@ -44,7 +44,9 @@ type Daemon struct {
 	node    *control.Node
 	members *membership.Membership
 	store   *replica.Store
-	peers   *peerClients
+	// replicas are the open replicas this brick serves.
+	replicas *replicas
+	peers    *peerClients
 
 	grpcSrv   *grpc.Server
 	healthSrv *http.Server
@@ -125,6 +127,8 @@ func Start(cfg Config) (d *Daemon, err error) {
 		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
 	brickpb.RegisterControlServer(d.grpcSrv, &controlService{d: d})
 	brickpb.RegisterPeerServer(d.grpcSrv, &peerService{d: d})
+	d.replicas = &replicas{d: d, m: map[string]*replica.Replica{}}
+	brickpb.RegisterReplicaServer(d.grpcSrv, replica.NewServer(d.replicas.lookup, log.With("component", "replica")))
 	gl, err := net.Listen("tcp", cfg.addr(cfg.GRPCPort))
 	if err != nil {
 		return nil, fmt.Errorf("listening for gRPC on %s: %w", cfg.addr(cfg.GRPCPort), err)
@@ -253,6 +257,9 @@ func (d *Daemon) Stop() {
 	}
 	if d.peers != nil {
 		d.peers.closeAll()
+	}
+	if d.replicas != nil {
+		d.replicas.closeAll()
 	}
 	d.wg.Wait()
 	if d.cfg.Socket != "" {

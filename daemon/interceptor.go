@@ -19,6 +19,10 @@ import (
 
 type headered interface{ GetHeader() *brickpb.Header }
 
+// referenced requests (the Replica service) carry their header in a
+// VolumeRef.
+type referenced interface{ GetRef() *brickpb.VolumeRef }
+
 // unaryInterceptor checks every request's identity header before a handler
 // sees it, logs every call, turns panics into Internal errors, and maps
 // internal errors to gRPC codes once, here.
@@ -44,11 +48,16 @@ func (d *Daemon) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 }
 
 func (d *Daemon) checkHeader(req any) error {
-	hr, ok := req.(headered)
-	if !ok || hr.GetHeader() == nil {
+	var h *brickpb.Header
+	switch r := req.(type) {
+	case headered:
+		h = r.GetHeader()
+	case referenced:
+		h = r.GetRef().GetHeader()
+	}
+	if h == nil {
 		return status.Error(codes.InvalidArgument, "request has no header (cluster ID, sender, protocol version)")
 	}
-	h := hr.GetHeader()
 	if h.ProtocolVersion != brickpb.ProtocolVersion {
 		return status.Errorf(codes.FailedPrecondition, "protocol version %d is not supported: this daemon speaks version %d (upgrade the older side)",
 			h.ProtocolVersion, brickpb.ProtocolVersion)

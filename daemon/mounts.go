@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/brickvol/brick/control"
 	"github.com/brickvol/brick/proto/brickpb"
 	"github.com/brickvol/brick/volspec"
 )
@@ -155,7 +156,7 @@ func (s *controlService) MountVolume(ctx context.Context, req *brickpb.MountVolu
 	// of this host that is wedged rather than dead is fenced too.
 	hdr := &brickpb.Header{ClusterId: d.clusterID(), SenderId: string(d.id), ProtocolVersion: brickpb.ProtocolVersion}
 	if _, err := s.DetachVolume(ctx, &brickpb.DetachVolumeRequest{Header: hdr, Name: req.Name, Host: d.cfg.Name}); err != nil &&
-		status.Code(err) != codes.NotFound {
+		!isNotFound(err) {
 		return nil, err
 	}
 	att, err := s.AttachVolume(ctx, &brickpb.AttachVolumeRequest{Header: hdr, Name: req.Name, Host: d.cfg.Name, Force: req.Force})
@@ -275,10 +276,15 @@ func (s *controlService) UnmountVolume(ctx context.Context, req *brickpb.Unmount
 	if !req.KeepAttached {
 		hdr := &brickpb.Header{ClusterId: d.clusterID(), SenderId: string(d.id), ProtocolVersion: brickpb.ProtocolVersion}
 		if _, err := s.DetachVolume(ctx, &brickpb.DetachVolumeRequest{Header: hdr, Name: r.Volume, Host: d.cfg.Name}); err != nil &&
-			status.Code(err) != codes.NotFound {
+			!isNotFound(err) {
 			return nil, fmt.Errorf("unmounted %s, but detaching %s failed: %w", dir, r.Volume, err)
 		}
 	}
 	d.log.Info("volume unmounted", "volume", r.Volume, "dir", dir)
 	return &brickpb.UnmountVolumeResponse{Name: r.Volume, Dir: dir}, nil
+}
+
+// isNotFound holds for a NotFound status (forwarded) or ErrNotFound (local).
+func isNotFound(err error) bool {
+	return errors.Is(err, control.ErrNotFound) || status.Code(err) == codes.NotFound
 }

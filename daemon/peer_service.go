@@ -77,6 +77,7 @@ func (s *peerService) RemoveReplica(ctx context.Context, req *brickpb.ReplicaReq
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is still in the catalog; remove it with `brick volume rm` first", req.VolumeId)
 		}
 	}
+	s.d.replicas.close(req.VolumeId)
 	if err := s.d.store.Remove(req.VolumeId); err != nil {
 		return nil, invalid("%v", err)
 	}

@@ -1,10 +1,3 @@
-// Package replica owns a brick's local store: one plain directory tree per
-// volume replica under the brick's data directory, which an operator can
-// read. Later it also owns the replication stream, fencing and heal.
-//
-// replica must never decide placement or membership (that is Raft's, in
-// package control); it only does what it is told for the volume IDs it is
-// given, and refuses IDs that could escape its root.
 package replica
 
 import (

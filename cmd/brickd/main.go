@@ -28,6 +28,9 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer, getenv func(string) string) int {
+	if len(args) > 0 && args[0] == "mount-process" {
+		return runMountProcess(stderr, getenv)
+	}
 	cfg := daemon.DefaultConfig()
 	fs := flag.NewFlagSet("brickd", flag.ContinueOnError)
 	fs.SetOutput(stderr)

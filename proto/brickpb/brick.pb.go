@@ -1138,6 +1138,7 @@ func (x *GetVolumeRequest) GetName() string {
 type VolumeResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	RaftIndex     uint64                 `protobuf:"varint,2,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1177,6 +1178,13 @@ func (x *VolumeResponse) GetVolume() *Volume {
 		return x.Volume
 	}
 	return nil
+}
+
+func (x *VolumeResponse) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
 }
 
 type ListVolumesRequest struct {
@@ -1882,9 +1890,11 @@ const file_brick_proto_rawDesc = "" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"P\n" +
 	"\x10GetVolumeRequest\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\":\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"Y\n" +
 	"\x0eVolumeResponse\x12(\n" +
-	"\x06volume\x18\x01 \x01(\v2\x10.brick.v1.VolumeR\x06volume\">\n" +
+	"\x06volume\x18\x01 \x01(\v2\x10.brick.v1.VolumeR\x06volume\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\x02 \x01(\x04R\traftIndex\">\n" +
 	"\x12ListVolumesRequest\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\"A\n" +
 	"\x13ListVolumesResponse\x12*\n" +

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/brickvol/brick/mounter"
+)
+
+// runMountProcess is "brickd mount-process": the process of one mount,
+// started by brickd (never by hand) with its settings in BRICK_MOUNT_*
+// variables and a pipe on fd 3 for its readiness.
+func runMountProcess(stderr io.Writer, getenv func(string) string) int {
+	epoch, err := strconv.ParseUint(getenv("BRICK_MOUNT_EPOCH"), 10, 64)
+	if err != nil {
+		fmt.Fprintf(stderr, "brickd mount-process: BRICK_MOUNT_EPOCH %q is not an epoch (this command is started by brickd, not by hand)\n", getenv("BRICK_MOUNT_EPOCH"))
+		return 2
+	}
+	var timeout time.Duration
+	if v := getenv("BRICK_REPLICA_TIMEOUT"); v != "" {
+		if timeout, err = time.ParseDuration(v); err != nil {
+			fmt.Fprintf(stderr, "brickd mount-process: BRICK_REPLICA_TIMEOUT %q: %v\n", v, err)
+			return 2
+		}
+	}
+	level := getenv("BRICK_LOG_LEVEL")
+	if level == "" {
+		level = "info"
+	}
+	log, err := newLogger(stderr, level, "text")
+	if err != nil {
+		fmt.Fprintf(stderr, "brickd mount-process: %v\n", err)
+		return 2
+	}
+	cfg := mounter.Config{
+		Volume:         getenv("BRICK_MOUNT_VOLUME"),
+		Dir:            getenv("BRICK_MOUNT_DIR"),
+		Epoch:          epoch,
+		Daemon:         getenv("BRICK_MOUNT_DAEMON"),
+		BrickID:        getenv("BRICK_MOUNT_BRICK_ID"),
+		Key:            getenv("BRICK_CLUSTER_KEY"),
+		ReplicaTimeout: timeout,
+		Logger:         log.With("mount", getenv("BRICK_MOUNT_VOLUME")),
+	}
+	if ready := os.NewFile(3, "ready"); ready != nil {
+		cfg.Ready = ready
+	}
+	if err := mounter.Run(context.Background(), cfg); err != nil {
+		log.Error("mount process failed", "err", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,70 @@
+package daemon
+
+import (
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/brickvol/brick/control"
+	"github.com/brickvol/brick/replica"
+)
+
+// replicas opens this brick's replicas on first use and keeps them open.
+// Only a volume the catalog places on this brick is served: a request for
+// anything else is NotFound, whoever sends it.
+type replicas struct {
+	d  *Daemon
+	mu sync.Mutex
+	m  map[string]*replica.Replica
+}
+
+func (rs *replicas) lookup(volumeID string) (*replica.Replica, error) {
+	st := rs.d.node.FSM().State()
+	v, ok := st.Volumes[control.VolumeID(volumeID)]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "volume %s is not in the catalog", volumeID)
+	}
+	placed := false
+	for _, b := range v.Placement {
+		placed = placed || b == rs.d.id
+	}
+	if !placed {
+		return nil, status.Errorf(codes.NotFound, "volume %s (%s) has no replica on brick %s", v.Name, volumeID, rs.d.id)
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if r, ok := rs.m[volumeID]; ok {
+		return r, nil
+	}
+	dir, err := rs.d.store.Ensure(volumeID)
+	if err != nil {
+		return nil, err
+	}
+	r, err := replica.OpenReplica(dir, replica.ReplicaOptions{Logger: rs.d.log.With("volume", v.Name)})
+	if err != nil {
+		return nil, fmt.Errorf("opening the replica of %s: %w", v.Name, err)
+	}
+	rs.m[volumeID] = r
+	return r, nil
+}
+
+// close closes the replica of volumeID if it is open (before its removal).
+func (rs *replicas) close(volumeID string) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if r, ok := rs.m[volumeID]; ok {
+		r.Close()
+		delete(rs.m, volumeID)
+	}
+}
+
+func (rs *replicas) closeAll() {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for id, r := range rs.m {
+		r.Close()
+		delete(rs.m, id)
+	}
+}

@@ -1,0 +1,127 @@
+package fuse
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/brickvol/brick/proto/brickpb"
+)
+
+// fileSystem is what every node of one mount shares: the backend, the
+// options, the quota and the set of files to forget.
+type fileSystem struct {
+	b     Backend
+	opts  Options
+	log   *slog.Logger
+	errs  errLog
+	quota quota
+
+	// orphans counts, per file ID, the nodes seen unlinked (or replaced
+	// by a rename) that have not been forgotten yet: the candidates for
+	// OP_FORGET. forgets tracks the goroutines sending them.
+	orphanMu sync.Mutex
+	orphans  map[uint64]int
+	forgets  sync.WaitGroup
+}
+
+func newFileSystem(b Backend, opts Options) *fileSystem {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("volume", opts.Volume)
+	f := &fileSystem{
+		b:       b,
+		opts:    opts,
+		log:     log,
+		errs:    errLog{log: log, now: time.Now},
+		quota:   quota{limit: opts.QuotaBytes},
+		orphans: map[uint64]int{},
+	}
+	if u, ok := b.(UsageReporter); ok {
+		f.quota.usage = u
+	}
+	return f
+}
+
+// Backend calls are never cancelled by the kernel's interrupts: an op that
+// was submitted may be applied already and must report its real result,
+// and the backend bounds every call with its own timeouts.
+
+// do submits op and returns its result, or the errno it failed with.
+func (f *fileSystem) do(ctx context.Context, name string, op *brickpb.Op) (*brickpb.OpResult, syscall.Errno) {
+	res, err := f.b.Do(context.WithoutCancel(ctx), op)
+	if err == nil && res == nil {
+		err = errors.New("backend returned no result")
+	}
+	if err != nil {
+		return nil, f.fail(name, err, mutation, opAttrs(op)...)
+	}
+	if res.Errno != 0 {
+		return res, syscall.Errno(res.Errno)
+	}
+	return res, 0
+}
+
+// meta asks the backend a question about the namespace.
+func (f *fileSystem) meta(ctx context.Context, name string, req *brickpb.MetaRequest) (*brickpb.MetaResponse, syscall.Errno) {
+	resp, err := f.b.Meta(context.WithoutCancel(ctx), req)
+	if err == nil && resp == nil {
+		err = errors.New("backend returned no response")
+	}
+	if err != nil {
+		return nil, f.fail(name, err, query, "fid", req.Fid, "parent", req.Parent, "name", req.Name)
+	}
+	if resp.Errno != 0 {
+		return resp, syscall.Errno(resp.Errno)
+	}
+	return resp, 0
+}
+
+// getattr returns the attributes of fid.
+func (f *fileSystem) getattr(ctx context.Context, name string, fid uint64) (*brickpb.Attr, syscall.Errno) {
+	resp, errno := f.meta(ctx, name, &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_GETATTR, Fid: fid})
+	if errno != 0 {
+		return nil, errno
+	}
+	if resp.Attr == nil {
+		return nil, f.fail(name, errors.New("backend returned no attributes"), query, "fid", fid)
+	}
+	return resp.Attr, 0
+}
+
+// attrOf returns the attributes an op's result carries, or asks the
+// backend for those of fid when it carries none.
+func (f *fileSystem) attrOf(ctx context.Context, name string, res *brickpb.OpResult, fid uint64) (*brickpb.Attr, syscall.Errno) {
+	if a := res.GetAttr(); a != nil && a.Fid != 0 {
+		return a, 0
+	}
+	return f.getattr(ctx, name, fid)
+}
+
+// sync waits until everything submitted so far is durable on every in-sync
+// replica.
+func (f *fileSystem) sync(ctx context.Context, name string, fid uint64) syscall.Errno {
+	if err := f.b.Sync(context.WithoutCancel(ctx)); err != nil {
+		return f.fail(name, err, mutation, "fid", fid)
+	}
+	return 0
+}
+
+func opAttrs(op *brickpb.Op) []any {
+	attrs := []any{"type", op.Type.String()}
+	if op.Fid != 0 {
+		attrs = append(attrs, "fid", op.Fid)
+	}
+	if op.Parent != 0 {
+		attrs = append(attrs, "parent", op.Parent, "name", op.Name)
+	}
+	if op.NewParent != 0 {
+		attrs = append(attrs, "new_parent", op.NewParent, "new_name", op.NewName)
+	}
+	return attrs
+}

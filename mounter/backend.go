@@ -1,0 +1,103 @@
+package mounter
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/brickvol/brick/proto/brickpb"
+	"github.com/brickvol/brick/replica/head"
+)
+
+// backend serves the file system: mutations through the head, reads from
+// the primary brick (falling back to the other in-sync bricks), each read
+// tagged with the last submitted sequence number so it sees every write
+// before it.
+type backend struct {
+	h     *head.Head
+	c     *conns
+	volID string
+	addrs map[string]string
+	log   *slog.Logger
+}
+
+func (b *backend) NewFID() uint64 { return b.h.NewFID() }
+
+func (b *backend) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error) {
+	return b.h.Do(ctx, op)
+}
+
+func (b *backend) Sync(ctx context.Context) error { return b.h.Sync(ctx) }
+
+func (b *backend) ref() *brickpb.VolumeRef {
+	return &brickpb.VolumeRef{Header: b.c.header(), VolumeId: b.volID, Epoch: b.h.Epoch()}
+}
+
+// readers are the bricks to read from, primary first.
+func (b *backend) readers() []string {
+	st := b.h.Status()
+	out := []string{b.h.Primary()}
+	for _, id := range st.ISR {
+		if id != out[0] {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func (b *backend) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brickpb.MetaResponse, error) {
+	req.Ref, req.AfterSeq = b.ref(), b.h.AfterSeq()
+	var lastErr error
+	for _, id := range b.readers() {
+		cc, err := b.c.get(b.addrs[id])
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		resp, err := brickpb.NewReplicaClient(cc).Meta(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+		lastErr = fmt.Errorf("brick %s: %w", id, err)
+		if !retryable(err) {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+func (b *backend) Read(ctx context.Context, fid uint64, off int64, size int) ([]byte, error) {
+	req := &brickpb.ReadRequest{Ref: b.ref(), AfterSeq: b.h.AfterSeq(), Fid: fid, Offset: off, Size: uint32(size)}
+	var lastErr error
+	for _, id := range b.readers() {
+		cc, err := b.c.get(b.addrs[id])
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		resp, err := brickpb.NewReplicaClient(cc).Read(ctx, req)
+		if err == nil {
+			if resp.Errno != 0 {
+				return nil, errno(resp.Errno)
+			}
+			return resp.Data, nil
+		}
+		lastErr = fmt.Errorf("brick %s: %w", id, err)
+		if !retryable(err) {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+// retryable: another brick may answer what this one could not.
+func retryable(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Internal, codes.Unknown:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,164 @@
+package mounter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/brickvol/brick/auth"
+	"github.com/brickvol/brick/fuse"
+	"github.com/brickvol/brick/proto/brickpb"
+	"github.com/brickvol/brick/replica/head"
+)
+
+// Config is what brickd hands a mount process.
+type Config struct {
+	Volume  string
+	Dir     string
+	Epoch   uint64 // the epoch brickd attached at
+	Daemon  string // gRPC address of this host's brickd
+	BrickID string // this host's brick ID
+	Key     string // cluster key
+	// ReplicaTimeout: see head.Config.
+	ReplicaTimeout time.Duration
+	Logger         *slog.Logger
+	// Ready receives "ready\n" once the file system is mounted, or the
+	// error that stopped the mount; then it is closed.
+	Ready io.WriteCloser
+}
+
+// Run mounts the volume and serves it until SIGTERM/SIGINT or an external
+// unmount; it returns after unmounting.
+func Run(ctx context.Context, cfg Config) (err error) {
+	log := cfg.Logger.With("volume", cfg.Volume, "dir", cfg.Dir, "epoch", cfg.Epoch)
+	readySent := false
+	defer func() {
+		if !readySent && cfg.Ready != nil {
+			fmt.Fprintf(cfg.Ready, "%v\n", err)
+			cfg.Ready.Close()
+		}
+	}()
+	key, err := auth.NewKey(cfg.Key)
+	if err != nil {
+		return fmt.Errorf("cluster key: %w", err)
+	}
+	c := newConns(key, "mount:"+cfg.BrickID)
+	defer c.closeAll()
+	dc, err := c.get(cfg.Daemon)
+	if err != nil {
+		return err
+	}
+	ctl := brickpb.NewControlClient(dc)
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	vr, err := ctl.GetVolume(cctx, &brickpb.GetVolumeRequest{Header: c.header(), Name: cfg.Volume})
+	if err != nil {
+		return fmt.Errorf("reading volume %s from brickd at %s: %w", cfg.Volume, cfg.Daemon, err)
+	}
+	vol := vr.Volume
+	if vol.Epoch != cfg.Epoch || (vol.Access == "single" && vol.Head != cfg.BrickID) {
+		return fmt.Errorf("volume %s moved on before it could be mounted: epoch %d, head %s (this mount was for epoch %d)",
+			vol.Name, vol.Epoch, vol.HeadName, cfg.Epoch)
+	}
+	pr, err := ctl.ListPeers(cctx, &brickpb.ListPeersRequest{Header: c.header()})
+	if err != nil {
+		return fmt.Errorf("listing peers: %w", err)
+	}
+	addrs := map[string]string{}
+	for _, p := range pr.Peers {
+		addrs[p.BrickId] = p.Address
+	}
+
+	// Fence every in-sync brick at our epoch and bring them level from the
+	// longest log before the first op.
+	states := fenceAll(ctx, c, vol.Id, vol.Epoch, vol.Isr, addrs)
+	src, failed := level(ctx, c, vol.Id, vol.Epoch, states, log)
+	if src == nil {
+		return fmt.Errorf("no in-sync brick of %s could be reached to fence: %v", vol.Name, states[0].err)
+	}
+	isr := slices.Clone(vol.Isr)
+	var maxFID uint64 = fuse.RootFID // the root exists in every replica
+	for _, s := range states {
+		if s.fence != nil && s.fence.MaxFid > maxFID {
+			maxFID = s.fence.MaxFid
+		}
+	}
+	if len(failed) > 0 {
+		isr = slices.DeleteFunc(isr, func(id string) bool {
+			return slices.ContainsFunc(failed, func(s *brickState) bool { return s.id == id })
+		})
+		log.Warn("dropping unreachable or lagging bricks from the in-sync set before the first write", "isr", isr)
+		k := &control{c: c, daemon: cfg.Daemon, volID: vol.Id}
+		if _, err := k.SetISR(cctx, vol.Epoch, isr); err != nil {
+			return fmt.Errorf("shrinking the in-sync set of %s: %w", vol.Name, err)
+		}
+	}
+	log.Info("fenced", "isr", isr, "start_seq", src.fence.AppliedSeq, "max_fid", maxFID, "source", src.id)
+
+	hc := head.DefaultConfig()
+	hc.Volume, hc.Epoch = vol.Name, vol.Epoch
+	hc.StartSeq, hc.MaxFID = src.fence.AppliedSeq, maxFID
+	for _, p := range vol.Placement {
+		hc.Placement = append(hc.Placement, p.BrickId)
+	}
+	hc.ISR, hc.MinISR = isr, int(vol.MinIsr)
+	hc.Primary = cfg.BrickID
+	if cfg.ReplicaTimeout > 0 {
+		hc.ReplicaTimeout = cfg.ReplicaTimeout
+	}
+	hc.Logger = log.With("component", "head")
+	h, err := head.Start(ctx, hc, &transport{c: c, volID: vol.Id, addrs: addrs},
+		&control{c: c, daemon: cfg.Daemon, volID: vol.Id}, head.SystemClock(), hc.Logger)
+	if err != nil {
+		return fmt.Errorf("starting the head of %s: %w", vol.Name, err)
+	}
+	defer h.Close()
+
+	be := &backend{h: h, c: c, volID: vol.Id, addrs: addrs, log: log}
+	opts := fuse.DefaultOptions(vol.Name)
+	opts.QuotaBytes = int64(vol.SizeBytes)
+	opts.AllowOther = true
+	opts.Logger = log.With("component", "fuse")
+	srv, err := fuse.Mount(cfg.Dir, be, opts)
+	if err != nil {
+		return fmt.Errorf("mounting %s at %s: %w", vol.Name, cfg.Dir, err)
+	}
+	log.Info("mounted")
+	if cfg.Ready != nil {
+		io.WriteString(cfg.Ready, "ready\n")
+		cfg.Ready.Close()
+		readySent = true
+	}
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+	served := make(chan struct{})
+	go func() { srv.Wait(); close(served) }()
+	select {
+	case s := <-sig:
+		log.Info("unmounting", "signal", s.String())
+		if err := srv.Unmount(); err != nil {
+			log.Warn("unmount failed; detaching lazily", "err", err)
+			syscall.Unmount(cfg.Dir, syscall.MNT_DETACH)
+		}
+		<-served
+	case <-served:
+		log.Info("unmounted from outside")
+	}
+	// Whatever the kernel flushed is now submitted; make it durable before
+	// the head goes away.
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	if err := h.Sync(sctx); err != nil && !errors.Is(err, head.ErrClosed) {
+		log.Warn("final sync", "err", err)
+	}
+	return nil
+}

@@ -1,0 +1,711 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/brickvol/brick/proto/brickpb"
+)
+
+var (
+	// errTreeMismatch: the tree does not match the directory map (a
+	// directory is missing, or something else stands where it should
+	// be: tampering, or corruption). Local and fatal; marks the replica
+	// suspect.
+	errTreeMismatch = errors.New("tree does not match the directory map")
+	// errLocalStep wraps a failure after an op's first change to the
+	// tree: whatever its errno, it says the brick, not the op, failed.
+	errLocalStep = errors.New("failed to finish an op")
+)
+
+func localStep(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %s: %w", errLocalStep, what, err)
+}
+
+// Apply applies ops in order. The batch's longest valid prefix is accepted:
+// each op must have Seq == applied+1 (else ErrGap) and an epoch no lower
+// than the promise (else a *StaleEpochError); the accepted ops are written
+// to the op log, then applied. It returns one result per applied op. An
+// op that fails as a POSIX operation is still applied (a no-op) with its
+// errno in the result, identically on every replica. A non-nil error is
+// fatal for the caller's stream: ErrGap or ErrStaleEpoch (for the first
+// refused op: nothing after it was applied), ErrLocalFailure (the op at
+// applied+1 could not be applied by this brick), or ErrClosed. The
+// results returned with an error are those of the ops applied before it.
+// Apply keeps no reference to ops after it returns.
+func (r *Replica) Apply(ops []*brickpb.Op) ([]*brickpb.OpResult, error) {
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	next, promised := r.applied+1, r.promised
+	r.mu.Unlock()
+	n := 0
+	var refused error
+	for _, op := range ops {
+		if op == nil {
+			refused = fmt.Errorf("%w: nil op where op %d belongs", ErrGap, next)
+		} else if op.Seq != next {
+			refused = fmt.Errorf("%w: got op %d, want %d", ErrGap, op.Seq, next)
+		} else if op.Epoch < promised {
+			refused = fmt.Errorf("op %d: %w", op.Seq, &StaleEpochError{Epoch: op.Epoch, Promise: promised})
+		}
+		if refused != nil {
+			break
+		}
+		promised = max(promised, op.Epoch)
+		next++
+		n++
+	}
+	if n == 0 {
+		return nil, refused
+	}
+	if err := r.hookAt("log"); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLocalFailure, err)
+	}
+	if err := r.logOps(ops[:n]); err != nil {
+		return nil, err
+	}
+	results := make([]*brickpb.OpResult, 0, n)
+	for _, op := range ops[:n] {
+		redo := false
+		if r.failed != nil && r.failed.Seq == op.Seq {
+			if redo = proto.Equal(r.failed, op); !redo {
+				r.setSuspect(fmt.Sprintf("op %d failed half-way and a different op %d replaced it", op.Seq, op.Seq))
+			}
+		}
+		r.failed = nil
+		res, err := r.step(op, redo)
+		if err != nil {
+			r.failed = proto.Clone(op).(*brickpb.Op)
+			return results, err
+		}
+		results = append(results, res)
+	}
+	return results, refused
+}
+
+// exactOp reports whether re-applying op over a tree that already holds
+// its effect (and that of later ops) could give a different tree. Such
+// ops are bracketed by an intent commit (see step); the others (writes,
+// truncates, setattrs, unconditional xattr changes) converge when a run
+// of them is applied again.
+func exactOp(op *brickpb.Op) bool {
+	switch op.Type {
+	case brickpb.OpType_OP_CREATE, brickpb.OpType_OP_MKDIR, brickpb.OpType_OP_MKNOD,
+		brickpb.OpType_OP_SYMLINK, brickpb.OpType_OP_LINK, brickpb.OpType_OP_UNLINK,
+		brickpb.OpType_OP_RMDIR, brickpb.OpType_OP_RENAME, brickpb.OpType_OP_FORGET:
+		return true
+	case brickpb.OpType_OP_SETXATTR:
+		return op.Flags != 0 // XATTR_CREATE/REPLACE depend on the state
+	}
+	return false
+}
+
+// step applies one accepted op and publishes it as applied. An exact op is
+// preceded by a commit of everything applied so far plus its intent, so
+// that after a crash at most this one op is half done (redo mode finishes
+// it). Caller holds applyMu.
+func (r *Replica) step(op *brickpb.Op, redo bool) (*brickpb.OpResult, error) {
+	if exactOp(op) && !redo {
+		r.intent = r.intentFor(op)
+		err := r.hookAt("pre-commit")
+		if err == nil {
+			err = r.commit(false, func(tx *boltTx) error {
+				return tx.Bucket(bucketMeta).Put(keyIntent, encodeIntent(r.intent))
+			})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: op %d: %w", ErrLocalFailure, op.Seq, err)
+		}
+	}
+	res := &brickpb.OpResult{Seq: op.Seq}
+	if op.Type == brickpb.OpType_OP_SYNC {
+		r.publish(op)
+		if _, err := r.syncLocked(); err != nil {
+			return nil, err
+		}
+		return res, nil
+	}
+	attr, err := r.applyOp(op, redo)
+	if herr := r.hookAt("applied"); herr != nil {
+		return nil, fmt.Errorf("%w: op %d: %w", ErrLocalFailure, op.Seq, herr)
+	}
+	if err != nil {
+		if errors.Is(err, errTreeMismatch) {
+			r.setSuspect(fmt.Sprintf("op %d: %v", op.Seq, err))
+		}
+		e, ok := errnoOf(err)
+		if ok && e == unix.ENOSPC && op.Type == brickpb.OpType_OP_SETXATTR && r.hasRoom() {
+			// The file system's limit on xattr size, not a full disk:
+			// every replica on the same kind of file system fails alike.
+		} else if !ok || localErrno(e) || errors.Is(err, errLocalStep) || errors.Is(err, errTreeMismatch) {
+			return nil, fmt.Errorf("%w: op %d (%s): %w", ErrLocalFailure, op.Seq, op.Type, err)
+		}
+		res.Errno = uint32(e)
+	} else {
+		res.Attr = attr
+	}
+	r.publish(op)
+	return res, nil
+}
+
+// hasRoom reports whether the brick's file system has space left (1 MiB).
+func (r *Replica) hasRoom() bool {
+	var s unix.Statfs_t
+	if err := unix.Fstatfs(r.dataFD, &s); err != nil {
+		return false
+	}
+	return s.Bavail*uint64(s.Bsize) >= 1<<20
+}
+
+func (r *Replica) hookAt(point string) error {
+	if r.hook == nil {
+		return nil
+	}
+	return r.hook(point)
+}
+
+// publish makes op applied and wakes readers waiting for it.
+func (r *Replica) publish(op *brickpb.Op) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.applied, r.appliedEpoch = op.Seq, op.Epoch
+	r.promised = max(r.promised, op.Epoch)
+	if r.progress != nil {
+		close(r.progress)
+		r.progress = nil
+	}
+}
+
+func (r *Replica) noteFID(fid uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.maxFID = max(r.maxFID, fid)
+}
+
+// setDir records directory fid at d, or its removal (d nil).
+func (r *Replica) setDir(fid uint64, d *dirRec) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pendDirs[fid] = d
+}
+
+// intentFor records what stands at the names an exact op touches.
+func (r *Replica) intentFor(op *brickpb.Op) intentRec {
+	in := intentRec{seq: op.Seq}
+	switch op.Type {
+	case brickpb.OpType_OP_RENAME:
+		in.src, in.srcDir = r.entryInfo(op.Parent, op.Name)
+		in.dst, in.dstDir = r.entryInfo(op.NewParent, op.NewName)
+	case brickpb.OpType_OP_RMDIR:
+		in.src, in.srcDir = r.entryInfo(op.Parent, op.Name)
+	}
+	return in
+}
+
+// entryInfo returns the file ID at (parent, name) and whether it is a
+// directory; zero values when there is nothing (readable) there.
+func (r *Replica) entryInfo(parent uint64, name string) (uint64, bool) {
+	if checkName(name) != nil {
+		return 0, false
+	}
+	p, err := r.dirFD(parent)
+	if err != nil {
+		return 0, false
+	}
+	defer p.release()
+	st, err := lstatAt(p.fd, name)
+	if err != nil {
+		return 0, false
+	}
+	fid, _ := fidAt(p.fd, name)
+	return fid, isDir(&st)
+}
+
+func (r *Replica) applyOp(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
+	switch op.Type {
+	case brickpb.OpType_OP_CREATE:
+		return r.opCreate(op, redo)
+	case brickpb.OpType_OP_MKNOD:
+		switch typ := op.Mode & unix.S_IFMT; typ {
+		case 0, unix.S_IFREG:
+			return r.opCreate(op, redo)
+		case unix.S_IFIFO, unix.S_IFSOCK, unix.S_IFCHR, unix.S_IFBLK:
+			return r.opMknod(op, typ, redo)
+		}
+		return nil, unix.EINVAL
+	case brickpb.OpType_OP_MKDIR:
+		return r.opMkdir(op, redo)
+	case brickpb.OpType_OP_SYMLINK:
+		return r.opSymlink(op, redo)
+	case brickpb.OpType_OP_LINK:
+		return r.opLink(op, redo)
+	case brickpb.OpType_OP_UNLINK:
+		return r.opUnlink(op, redo)
+	case brickpb.OpType_OP_RMDIR:
+		return r.opRmdir(op, redo)
+	case brickpb.OpType_OP_RENAME:
+		return r.opRename(op, redo)
+	case brickpb.OpType_OP_WRITE:
+		return r.opWrite(op)
+	case brickpb.OpType_OP_TRUNCATE:
+		return r.opTruncate(op)
+	case brickpb.OpType_OP_FALLOCATE:
+		return r.opFallocate(op)
+	case brickpb.OpType_OP_SETATTR:
+		return r.opSetattr(op)
+	case brickpb.OpType_OP_SETXATTR:
+		return nil, r.opSetxattr(op)
+	case brickpb.OpType_OP_REMOVEXATTR:
+		return nil, r.opRemovexattr(op)
+	case brickpb.OpType_OP_FORGET:
+		return nil, r.opForget(op)
+	}
+	return nil, unix.EINVAL
+}
+
+// newEntry checks what every creating op shares and opens the parent.
+func (r *Replica) newEntry(op *brickpb.Op, redo bool) (*openFD, error) {
+	if err := checkName(op.Name); err != nil {
+		return nil, err
+	}
+	if op.Fid <= rootFID {
+		return nil, unix.EINVAL
+	}
+	p, err := r.dirFD(op.Parent)
+	if err != nil {
+		return nil, err
+	}
+	if !redo {
+		if exists, err := r.fidExists(op.Fid); err != nil || exists {
+			p.release()
+			if err == nil {
+				err = unix.EEXIST // the head reused a file ID
+			}
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+func (r *Replica) opCreate(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
+	if t := op.Mode & unix.S_IFMT; t != 0 && t != unix.S_IFREG {
+		return nil, unix.EINVAL
+	}
+	p, err := r.newEntry(op, redo)
+	if err != nil {
+		return nil, err
+	}
+	defer p.release()
+	gen := r.fds.generation()
+	fd, err := openat(p.fd, op.Name, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err == unix.EEXIST && redo {
+		return r.resumeNonDir(op, p, unix.S_IFREG)
+	}
+	if err != nil {
+		return nil, err
+	}
+	err = r.hookAt("create")
+	if err == nil {
+		err = localStep("tagging the file", setFIDFD(fd, op.Fid))
+	}
+	if err == nil {
+		err = r.hookAt("create-tagged")
+	}
+	if err == nil {
+		err = localStep("linking into fids/", unix.Linkat(p.fd, op.Name, r.fidsFD, fidName(op.Fid), 0))
+	}
+	if err == nil {
+		err = localStep("setting the owner", fchownIfNeeded(fd, op.Uid, op.Gid))
+	}
+	if err == nil {
+		err = localStep("setting the mode", unix.Fchmod(fd, op.Mode&0o7777))
+	}
+	var st unix.Stat_t
+	if err == nil {
+		st, err = fstat(fd)
+	}
+	if err != nil {
+		closeFD(fd)
+		return nil, err
+	}
+	r.noteFID(op.Fid)
+	r.fds.put(op.Fid, fd, false, gen).release()
+	return attrOf(op.Fid, &st), nil
+}
+
+func fchownIfNeeded(fd int, uid, gid uint32) error {
+	st, err := fstat(fd)
+	if err != nil || (st.Uid == uid && st.Gid == gid) {
+		return err
+	}
+	return unix.Fchown(fd, int(uid), int(gid))
+}
+
+func (r *Replica) opMknod(op *brickpb.Op, typ uint32, redo bool) (*brickpb.Attr, error) {
+	p, err := r.newEntry(op, redo)
+	if err != nil {
+		return nil, err
+	}
+	defer p.release()
+	err = unix.Mknodat(p.fd, op.Name, typ|0o600, int(op.Rdev))
+	if err == unix.EEXIST && redo {
+		return r.resumeNonDir(op, p, typ)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r.finishNonDir(op, p, typ, false)
+}
+
+func (r *Replica) opSymlink(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
+	switch {
+	case op.Target == "" || len(op.Target) >= pathMax:
+		if op.Target == "" {
+			return nil, unix.ENOENT
+		}
+		return nil, unix.ENAMETOOLONG
+	case containsNUL(op.Target):
+		return nil, unix.EINVAL
+	}
+	p, err := r.newEntry(op, redo)
+	if err != nil {
+		return nil, err
+	}
+	defer p.release()
+	err = unix.Symlinkat(op.Target, p.fd, op.Name)
+	if err == unix.EEXIST && redo {
+		return r.resumeNonDir(op, p, unix.S_IFLNK)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r.finishNonDir(op, p, unix.S_IFLNK, false)
+}
+
+func containsNUL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// resumeNonDir finishes, in redo mode, a create whose entry exists: if the
+// entry is this op's (tagged with its file ID, or untagged and exactly what
+// the op's first step leaves) the remaining steps are done again; anything
+// else is EEXIST, as it was the first time.
+func (r *Replica) resumeNonDir(op *brickpb.Op, p *openFD, typ uint32) (*brickpb.Attr, error) {
+	st, err := lstatAt(p.fd, op.Name)
+	if err != nil {
+		return nil, localStep("resuming a create", err)
+	}
+	ours := false
+	if fst, err := lstatAt(r.fidsFD, fidName(op.Fid)); err == nil {
+		ours = fst.Ino == st.Ino && fst.Dev == st.Dev
+	} else if fid, err := fidAt(p.fd, op.Name); err == nil {
+		ours = fid == op.Fid
+	} else if err == unix.ENODATA {
+		ours = st.Mode&unix.S_IFMT == typ && st.Nlink == 1 && (typ != unix.S_IFREG || st.Size == 0)
+		if ours && typ == unix.S_IFLNK {
+			t, err := readlinkAt(p.fd, op.Name)
+			ours = err == nil && t == op.Target
+		}
+	}
+	if !ours || st.Mode&unix.S_IFMT != typ {
+		return nil, unix.EEXIST
+	}
+	return r.finishNonDir(op, p, typ, true)
+}
+
+// finishNonDir tags, links into fids/, owns and modes a new non-directory
+// entry, by name (it may be a device node: never opened).
+func (r *Replica) finishNonDir(op *brickpb.Op, p *openFD, typ uint32, redo bool) (*brickpb.Attr, error) {
+	err := r.hookAt("create")
+	if err == nil {
+		err = localStep("tagging the file", setFIDAt(p.fd, op.Name, op.Fid))
+	}
+	if err == nil {
+		err = r.hookAt("create-tagged")
+	}
+	if err == nil {
+		err = unix.Linkat(p.fd, op.Name, r.fidsFD, fidName(op.Fid), 0)
+		if err == unix.EEXIST && redo {
+			err = nil // checked by resumeNonDir: the same inode
+		}
+		err = localStep("linking into fids/", err)
+	}
+	if err == nil {
+		err = localStep("setting the owner",
+			unix.Fchownat(r.fidsFD, fidName(op.Fid), int(op.Uid), int(op.Gid), unix.AT_SYMLINK_NOFOLLOW))
+	}
+	if err == nil && typ != unix.S_IFLNK {
+		// Not a symlink (just made, and only this goroutine changes the
+		// tree), so fchmodat cannot follow anything.
+		err = localStep("setting the mode", unix.Fchmodat(r.fidsFD, fidName(op.Fid), op.Mode&0o7777, 0))
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, err := lstatAt(r.fidsFD, fidName(op.Fid))
+	if err != nil {
+		return nil, localStep("stat", err)
+	}
+	r.noteFID(op.Fid)
+	return attrOf(op.Fid, &st), nil
+}
+
+func readlinkAt(dirfd int, name string) (string, error) {
+	buf := make([]byte, pathMax)
+	var n int
+	err := retry(func() (err error) { n, err = unix.Readlinkat(dirfd, name, buf); return })
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+func (r *Replica) opMkdir(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
+	if t := op.Mode & unix.S_IFMT; t != 0 && t != unix.S_IFDIR {
+		return nil, unix.EINVAL
+	}
+	p, err := r.newEntry(op, redo)
+	if err != nil {
+		return nil, err
+	}
+	defer p.release()
+	gen := r.fds.generation()
+	err = unix.Mkdirat(p.fd, op.Name, 0o700)
+	resumed := false
+	if err == unix.EEXIST && redo {
+		resumed = true
+	} else if err != nil {
+		return nil, err
+	}
+	fd, err := openat(p.fd, op.Name, oDir, 0)
+	if err != nil {
+		if resumed {
+			return nil, unix.EEXIST // not a directory: not ours
+		}
+		return nil, localStep("opening the new directory", err)
+	}
+	if resumed {
+		fid, ferr := fidOfFD(fd)
+		ents, derr := readDirents(fd)
+		if !(ferr == nil && fid == op.Fid) && !(ferr == unix.ENODATA && derr == nil && len(ents) == 0) {
+			closeFD(fd)
+			return nil, unix.EEXIST
+		}
+	}
+	err = r.hookAt("create")
+	if err == nil {
+		err = localStep("tagging the directory", setFIDFD(fd, op.Fid))
+	}
+	if err == nil {
+		err = r.hookAt("create-tagged")
+	}
+	if err == nil {
+		err = localStep("setting the owner", fchownIfNeeded(fd, op.Uid, op.Gid))
+	}
+	if err == nil {
+		err = localStep("setting the mode", unix.Fchmod(fd, op.Mode&0o7777))
+	}
+	var st unix.Stat_t
+	if err == nil {
+		st, err = fstat(fd)
+	}
+	if err != nil {
+		closeFD(fd)
+		return nil, err
+	}
+	r.setDir(op.Fid, &dirRec{parent: op.Parent, name: op.Name})
+	r.noteFID(op.Fid)
+	r.fds.put(op.Fid, fd, true, gen).release()
+	return attrOf(op.Fid, &st), nil
+}
+
+func (r *Replica) opLink(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
+	if err := checkName(op.Name); err != nil {
+		return nil, err
+	}
+	if d, err := r.isDirFID(op.Fid); err != nil || d {
+		if err == nil {
+			err = unix.EPERM
+		}
+		return nil, err
+	}
+	p, err := r.dirFD(op.Parent)
+	if err != nil {
+		return nil, err
+	}
+	defer p.release()
+	err = unix.Linkat(r.fidsFD, fidName(op.Fid), p.fd, op.Name, 0)
+	if err == unix.EEXIST && redo {
+		a, aerr := lstatAt(p.fd, op.Name)
+		b, berr := lstatAt(r.fidsFD, fidName(op.Fid))
+		if aerr == nil && berr == nil && a.Ino == b.Ino && a.Dev == b.Dev {
+			err = nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, err := lstatAt(r.fidsFD, fidName(op.Fid))
+	if err != nil {
+		return nil, localStep("stat", err)
+	}
+	return attrOf(op.Fid, &st), nil
+}
+
+func (r *Replica) opUnlink(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
+	if err := checkName(op.Name); err != nil {
+		return nil, err
+	}
+	p, err := r.dirFD(op.Parent)
+	if err != nil {
+		return nil, err
+	}
+	defer p.release()
+	st, err := lstatAt(p.fd, op.Name)
+	if err == unix.ENOENT && redo {
+		return nil, nil // done before the crash
+	}
+	if err != nil {
+		return nil, err
+	}
+	if isDir(&st) {
+		return nil, unix.EISDIR
+	}
+	fid, _ := fidAt(p.fd, op.Name)
+	if err := unix.Unlinkat(p.fd, op.Name, 0); err != nil {
+		return nil, err
+	}
+	if fid == 0 {
+		return nil, nil
+	}
+	st, err = lstatAt(r.fidsFD, fidName(fid))
+	if err != nil {
+		return nil, nil
+	}
+	return attrOf(fid, &st), nil
+}
+
+func (r *Replica) opRmdir(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
+	if err := checkName(op.Name); err != nil {
+		return nil, err
+	}
+	p, err := r.dirFD(op.Parent)
+	if err != nil {
+		return nil, err
+	}
+	defer p.release()
+	st, err := lstatAt(p.fd, op.Name)
+	if err == unix.ENOENT && redo {
+		if r.intent.srcDir && r.intent.src != 0 {
+			r.dropDir(r.intent.src)
+		}
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !isDir(&st) {
+		return nil, unix.ENOTDIR
+	}
+	fid, _ := fidAt(p.fd, op.Name)
+	if err := unix.Unlinkat(p.fd, op.Name, unix.AT_REMOVEDIR); err != nil {
+		return nil, err
+	}
+	if fid != 0 {
+		r.dropDir(fid)
+	}
+	return nil, nil
+}
+
+func (r *Replica) dropDir(fid uint64) {
+	r.setDir(fid, nil)
+	r.fds.evict(fid)
+}
+
+func (r *Replica) opRename(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
+	if err := checkName(op.Name); err != nil {
+		return nil, err
+	}
+	if err := checkName(op.NewName); err != nil {
+		return nil, err
+	}
+	exchange := op.Flags&unix.RENAME_EXCHANGE != 0
+	if op.Flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 || (exchange && op.Flags&unix.RENAME_NOREPLACE != 0) {
+		return nil, unix.EINVAL
+	}
+	p, err := r.dirFD(op.Parent)
+	if err != nil {
+		return nil, err
+	}
+	defer p.release()
+	np, err := r.dirFD(op.NewParent)
+	if err != nil {
+		return nil, err
+	}
+	defer np.release()
+	in := r.intent // what stood at both names just before this op
+	done := false
+	if redo && in.src != 0 {
+		a, aerr := fidAt(p.fd, op.Name)
+		b, berr := fidAt(np.fd, op.NewName)
+		if exchange {
+			done = aerr == nil && berr == nil && a == in.dst && b == in.src
+		} else {
+			_, serr := lstatAt(p.fd, op.Name)
+			done = serr == unix.ENOENT && berr == nil && b == in.src
+		}
+	}
+	if !done {
+		if err := unix.Renameat2(p.fd, op.Name, np.fd, op.NewName, uint(op.Flags)); err != nil {
+			return nil, err
+		}
+	}
+	if in.src != 0 && in.src != in.dst {
+		if in.srcDir {
+			r.setDir(in.src, &dirRec{parent: op.NewParent, name: op.NewName})
+		}
+		if in.dst != 0 && in.dstDir {
+			if exchange {
+				r.setDir(in.dst, &dirRec{parent: op.Parent, name: op.Name})
+			} else {
+				r.dropDir(in.dst)
+			}
+		}
+	}
+	a, err := entryAttr(np.fd, op.NewName)
+	if err != nil {
+		return nil, localStep("stat", err)
+	}
+	return a, nil
+}
+
+// entryAttr returns the attributes of entry name in directory dirfd.
+func entryAttr(dirfd int, name string) (*brickpb.Attr, error) {
+	st, err := lstatAt(dirfd, name)
+	if err != nil {
+		return nil, err
+	}
+	fid, err := fidAt(dirfd, name)
+	if err != nil {
+		if err == unix.ENODATA {
+			return nil, unix.ENOENT // not the volume's: invisible
+		}
+		return nil, err
+	}
+	return attrOf(fid, &st), nil
+}

@@ -1,0 +1,241 @@
+package replica
+
+import (
+	"errors"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/brickvol/brick/proto/brickpb"
+)
+
+var errCrash = errors.New("simulated crash")
+
+// TestRandomOpsConverge: two replicas fed the same ops, in different
+// batches, fail the same ops the same way and end with equal trees.
+func TestRandomOpsConverge(t *testing.T) {
+	seed := testSeed(t)
+	for round := range uint64(4) {
+		a, b, c := newTest(t), newTest(t), newTest(t)
+		g := newOpGen(seed + round)
+		g.oracle = c
+		ops := g.ops(600)
+		rng := rand.New(rand.NewPCG(seed, round))
+		ra := applyBatches(t, a, ops, rng)
+		rb := applyBatches(t, b, ops, rng)
+		sameTrees(t, a, c)
+		failed := 0
+		for i := range ra {
+			if ra[i].Errno != rb[i].Errno {
+				t.Errorf("op %d (%s): errno %d on one replica, %d on the other", ops[i].Seq, ops[i].Type, ra[i].Errno, rb[i].Errno)
+			}
+			if ra[i].Errno != 0 {
+				failed++
+			}
+		}
+		t.Logf("round %d: %d of %d ops failed as POSIX ops", round, failed, len(ops))
+		sameTrees(t, a, b)
+		if s := a.Suspect(); s != "" {
+			t.Errorf("suspect after clean ops: %s", s)
+		}
+	}
+}
+
+// TestOpsSinceBringsALaggingReplicaLevel: a replica that missed ops
+// catches up from another's log.
+func TestOpsSinceBringsALaggingReplicaLevel(t *testing.T) {
+	seed := testSeed(t)
+	ops, _ := genOps(t, seed, 500)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	src, lag := newTest(t), newTest(t)
+	applyBatches(t, src, ops, rng)
+	applyBatches(t, lag, ops[:200], rng)
+	applied, _, _, _ := lag.State()
+	missing, err := src.OpsSince(applied)
+	if err != nil || len(missing) != 300 {
+		t.Fatalf("OpsSince(%d): %d ops, %v", applied, len(missing), err)
+	}
+	applyBatches(t, lag, missing, rng)
+	sameTrees(t, src, lag)
+	logged, err := lag.OpsSince(0)
+	if err != nil || len(logged) != len(ops) {
+		t.Fatalf("lag's log: %d ops, %v", len(logged), err)
+	}
+	for i := range ops {
+		if !proto.Equal(logged[i], ops[i]) {
+			t.Fatalf("logged op %d differs from the op sent", i+1)
+		}
+	}
+}
+
+// TestCrashAnywhereConverges kills a replica at every kind of point of
+// applying (before the intent commit, between the steps of a create, after
+// an op's change but before it is recorded), reopens it, sends it the ops
+// after its applied position, and expects the tree of a replica that never
+// crashed.
+func TestCrashAnywhereConverges(t *testing.T) {
+	seed := testSeed(t)
+	n, runs := 300, 60
+	if testing.Short() {
+		n, runs = 150, 15
+	}
+	ops, ref := genOps(t, seed, n)
+
+	// Count the crash points of a full run.
+	counter := newTest(t)
+	points := 0
+	counter.hook = func(string) error { points++; return nil }
+	applyBatches(t, counter, ops, rand.New(rand.NewPCG(seed, 0)))
+	t.Logf("%d ops, %d crash points", n, points)
+
+	rng := rand.New(rand.NewPCG(seed, 2))
+	for run := range runs {
+		at := 1 + rng.IntN(points)
+		if run == 0 {
+			at = points // the very last point
+		}
+		dir := filepath.Join(t.TempDir(), "victim")
+		v := openTest(t, dir, ReplicaOptions{})
+		calls, where := 0, ""
+		v.hook = func(p string) error {
+			if calls++; calls == at {
+				where = p
+				return errCrash
+			}
+			return nil
+		}
+		sent, logged := 0, 0
+		for sent < len(ops) {
+			k := min(len(ops)-sent, 1+rng.IntN(8))
+			_, err := v.Apply(ops[sent : sent+k])
+			sent += k
+			if where != "log" {
+				logged = sent
+			}
+			if err != nil {
+				if !errors.Is(err, errCrash) {
+					t.Fatalf("run %d: unexpected failure: %v", run, err)
+				}
+				break
+			}
+		}
+		v.crash()
+		v = openTest(t, dir, ReplicaOptions{})
+		applied, _, _, _ := v.State()
+		if applied > uint64(sent) {
+			t.Fatalf("run %d: applied %d after a crash, but only %d ops were sent", run, applied, sent)
+		}
+		if applied != uint64(logged) {
+			// Every op that reached the log before the crash is applied.
+			t.Fatalf("run %d (crash at %q, point %d): applied %d of %d logged ops", run, where, at, applied, logged)
+		}
+		applyBatches(t, v, ops[applied:], rng)
+		t.Run("", func(t *testing.T) {
+			t.Logf("run %d: crash at point %d (%q), %d ops sent", run, at, where, sent)
+			sameTrees(t, ref, v)
+		})
+		if s := v.Suspect(); s != "" {
+			t.Errorf("run %d: suspect after a crash on the same boot: %s", run, s)
+		}
+		if err := v.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRestartWithoutSync: ops applied, Close without an explicit Sync,
+// reopen: everything applied is there.
+func TestRestartWithoutSync(t *testing.T) {
+	ops, _ := genOps(t, 7, 200)
+	dir := t.TempDir()
+	r := openTest(t, dir, ReplicaOptions{})
+	applyBatches(t, r, ops, rand.New(rand.NewPCG(1, 1)))
+	want := digest(t, r)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r = openTest(t, dir, ReplicaOptions{})
+	defer r.Close()
+	if applied, synced, _, _ := r.State(); applied != 200 || synced != 200 {
+		t.Errorf("after Close and reopen: applied %d synced %d, want 200 (Close syncs)", applied, synced)
+	}
+	if got := digest(t, r); got != want {
+		t.Errorf("tree changed across Close/Open")
+	}
+}
+
+// TestUncleanRebootMakesSuspect: an unclean shutdown followed by a
+// different kernel boot cannot be trusted beyond synced_seq.
+func TestUncleanRebootMakesSuspect(t *testing.T) {
+	dir := t.TempDir()
+	r := openTest(t, dir, ReplicaOptions{})
+	must(t, r, createOp(1, "f", 2, 0o644))
+	must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_SYNC})
+	must(t, r, writeOp(2, 0, "unsynced"))
+	r.crash()
+	old := bootID
+	bootID = func() string { return "another-boot" }
+	defer func() { bootID = old }()
+	r = openTest(t, dir, ReplicaOptions{})
+	if r.Suspect() == "" {
+		t.Fatalf("not suspect after an unclean reboot")
+	}
+	if _, synced, _, _ := r.State(); synced != 2 {
+		t.Errorf("synced %d, want 2", synced)
+	}
+	if err := r.ClearSuspect(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r = openTest(t, dir, ReplicaOptions{})
+	defer r.Close()
+	if s := r.Suspect(); s != "" {
+		t.Errorf("still suspect after ClearSuspect and a clean restart: %s", s)
+	}
+}
+
+// TestLocalFailureThenRetry: an op that fails half-way (the brick's fault)
+// is finished when sent again; a different op in its place makes the
+// replica suspect.
+func TestLocalFailureThenRetry(t *testing.T) {
+	for _, point := range []string{"create", "create-tagged", "applied"} {
+		r := newTest(t)
+		r.hook = func(p string) error {
+			if p == point {
+				return errCrash
+			}
+			return nil
+		}
+		op := next(r, createOp(1, "f", 2, 0o640))
+		if _, err := r.Apply([]*brickpb.Op{op}); !errors.Is(err, ErrLocalFailure) {
+			t.Fatalf("%s: %v, want ErrLocalFailure", point, err)
+		}
+		r.hook = nil
+		if _, e := do(t, r, createOp(1, "f", 2, 0o640)); e != 0 {
+			t.Errorf("%s: retry failed with %v", point, e)
+		}
+		if a, _ := lookup(t, r, 1, "f"); a == nil || a.Fid != 2 || a.Mode&0o7777 != 0o640 {
+			t.Errorf("%s: after the retry: %v", point, a)
+		}
+		if s := r.Suspect(); s != "" {
+			t.Errorf("%s: suspect after a retry of the same op: %s", point, s)
+		}
+	}
+	r := newTest(t)
+	r.hook = func(p string) error {
+		if p == "create-tagged" {
+			return errCrash
+		}
+		return nil
+	}
+	r.Apply([]*brickpb.Op{next(r, createOp(1, "f", 2, 0o640))})
+	r.hook = nil
+	do(t, r, createOp(1, "g", 3, 0o640))
+	if r.Suspect() == "" {
+		t.Errorf("a different op in place of a half-applied one must make the replica suspect")
+	}
+}

@@ -1,0 +1,159 @@
+package head
+
+import (
+	"time"
+
+	"github.com/brickvol/brick/proto/brickpb"
+)
+
+// Event is an input of Machine.Step. The set is closed: only the types of
+// this file implement it.
+type Event interface{ isEvent() }
+
+// Submit asks for Op to be sequenced. The machine fills Op.Seq and Op.Epoch
+// and keeps the op (it is resent after reconnects): the submitter must not
+// touch it afterwards. With WantResult the waiter completes with the
+// primary's result; without, as soon as the op is sequenced (page-cache
+// semantics, for writes).
+type Submit struct {
+	Op         *brickpb.Op
+	Waiter     uint64
+	WantResult bool
+}
+
+// SyncReq asks for every op submitted before it to be durable on every ISR
+// brick.
+type SyncReq struct{ Waiter uint64 }
+
+// Cancel withdraws a waiter (its caller gave up). It always completes the
+// waiter with Err, unless it is already complete; an op already sequenced is
+// still applied.
+type Cancel struct {
+	Waiter uint64
+	Err    error
+}
+
+// Ack is a message received on the stream Gen of Brick.
+type Ack struct {
+	Brick string
+	Gen   uint64
+	Ack   *brickpb.ReplicateAck
+}
+
+// StreamDown reports that the stream Gen of Brick failed, or could not be
+// opened.
+type StreamDown struct {
+	Brick string
+	Gen   uint64
+	Err   error
+}
+
+// StreamUp reports that the stream Gen of Brick is open, and the brick's
+// position when it opened.
+type StreamUp struct {
+	Brick           string
+	Gen             uint64
+	Applied, Synced uint64
+}
+
+// Tick tells the machine the time. The first event of a machine must be a
+// Tick.
+type Tick struct{ Now time.Time }
+
+// ISRCommitted reports an ISR committed in Raft. Proposed marks the answer
+// to this machine's own ProposeISR; Index (the Raft index, 0 when unknown)
+// orders observations: an older one than already seen is ignored.
+type ISRCommitted struct {
+	Epoch    uint64
+	ISR      []string
+	Index    uint64
+	Proposed bool
+}
+
+// ISRProposalFailed reports that the last ProposeISR was not committed.
+// Stale: Raft refused it because the epoch moved on (the head is fenced);
+// otherwise Raft could not be reached and the proposal will be retried.
+type ISRProposalFailed struct {
+	Err   error
+	Stale bool
+}
+
+// Fenced reports that Brick refused this head's epoch (it promised a newer one).
+type Fenced struct {
+	Brick string
+	Msg   string
+}
+
+// Stop ends the machine: every waiter completes with Err.
+type Stop struct{ Err error }
+
+func (Submit) isEvent()            {}
+func (SyncReq) isEvent()           {}
+func (Cancel) isEvent()            {}
+func (Ack) isEvent()               {}
+func (StreamDown) isEvent()        {}
+func (StreamUp) isEvent()          {}
+func (Tick) isEvent()              {}
+func (ISRCommitted) isEvent()      {}
+func (ISRProposalFailed) isEvent() {}
+func (Fenced) isEvent()            {}
+func (Stop) isEvent()              {}
+
+// Action is an output of Machine.Step, to be carried out in order.
+type Action interface{ isAction() }
+
+// Send appends Ops (contiguous, ascending) to the stream Gen of Brick. The
+// slice is the driver's; the ops are shared and must not be modified.
+type Send struct {
+	Brick string
+	Gen   uint64
+	Ops   []*brickpb.Op
+}
+
+// Complete answers a waiter: exactly once per waiter, ever.
+type Complete struct {
+	Waiter uint64
+	Result *brickpb.OpResult // nil for syncs and on error
+	Err    error
+}
+
+// ProposeISR asks Raft to set the ISR, conditioned on Epoch. The driver
+// answers with ISRCommitted{Proposed: true} or ISRProposalFailed. At most
+// one is outstanding.
+type ProposeISR struct {
+	Epoch uint64
+	ISR   []string
+}
+
+// Reconnect asks for a new stream Gen to Brick (closing any older one),
+// answered by exactly one StreamUp or StreamDown for Gen.
+type Reconnect struct {
+	Brick string
+	Gen   uint64
+}
+
+// CloseStream closes the stream Gen of Brick; the machine will not use it.
+type CloseStream struct {
+	Brick string
+	Gen   uint64
+}
+
+// StateChanged reports a new state word or reason.
+type StateChanged struct {
+	State, Reason string
+}
+
+// ISRChanged reports the ISR and primary the machine now works with.
+type ISRChanged struct {
+	Epoch   uint64
+	ISR     []string
+	Primary string
+}
+
+func (Send) isAction()         {}
+func (Complete) isAction()     {}
+func (ProposeISR) isAction()   {}
+func (Reconnect) isAction()    {}
+func (CloseStream) isAction()  {}
+func (StateChanged) isAction() {}
+func (ISRChanged) isAction()   {}

@@ -1,0 +1,560 @@
+package head
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/brickvol/brick/proto/brickpb"
+)
+
+// Transport opens replication streams to bricks; the gRPC one wraps the
+// Replica service, MemNet is its in-memory twin.
+type Transport interface {
+	// Open fences brick at epoch (from then on it refuses every older
+	// epoch), opens its Replicate stream for this head's volume, and
+	// reports the brick's position: the head then sends ops from
+	// Position.Applied+1, gapless. ctx bounds the opening only, not the
+	// stream's life. An error wrapping ErrStaleEpoch means the brick
+	// promised a newer epoch: the head is fenced.
+	Open(ctx context.Context, brick string, epoch uint64) (Stream, Position, error)
+}
+
+// Position is where a brick's replica stands when its stream opens.
+type Position struct {
+	Applied uint64 // last applied seq
+	Synced  uint64 // everything up to here is durable
+}
+
+// Stream is one open Replicate stream. Send and Recv are each called from
+// one goroutine, concurrently with each other; Close may be called at any
+// time, from any goroutine, must not block long, and must make pending and
+// later Send and Recv calls return an error.
+type Stream interface {
+	// Send transmits ops, contiguous and ascending, continuing the stream.
+	Send(ops []*brickpb.Op) error
+	// Recv returns the next acknowledgement.
+	Recv() (*brickpb.ReplicateAck, error)
+	Close() error
+}
+
+// Control is the head's way into Raft.
+type Control interface {
+	// SetISR replaces the volume's ISR, conditioned on epoch being the
+	// volume's current epoch, and returns the Raft index of the change. An
+	// error wrapping ErrStaleEpoch means the epoch moved on (the head is
+	// fenced); any other error means "not committed, maybe retry".
+	SetISR(ctx context.Context, epoch uint64, isr []string) (index uint64, err error)
+}
+
+// Head is the driver around a Machine: it runs the machine on one goroutine,
+// carries out its actions (streams, Raft proposals, answers) and feeds it
+// events (acks, stream state, proposal outcomes, ticks). Safe for
+// concurrent use.
+type Head struct {
+	cfg Config
+	tr  Transport
+	ctl Control
+	clk Clock
+	log *slog.Logger
+
+	reqs      chan request
+	events    chan Event
+	quit      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+
+	nextWaiter atomic.Uint64
+	afterSeq   atomic.Uint64
+	fid        atomic.Uint64
+
+	mu      sync.Mutex
+	primary string
+	changed chan struct{}
+	final   Status
+
+	// owned by the loop goroutine
+	m       *Machine
+	waiters map[uint64]chan completion
+	conns   map[connKey]*conn
+	watches []*watch
+}
+
+type completion struct {
+	res *brickpb.OpResult
+	err error
+}
+
+type request struct {
+	ev     Event
+	waiter uint64
+	done   chan completion
+	status chan Status
+	watch  *watch
+}
+
+type watch struct {
+	cond func(Status) bool
+	done chan Status
+	gone atomic.Bool
+}
+
+type connKey struct {
+	brick string
+	gen   uint64
+}
+
+// streamOpened is the driver's own event: a Reconnect succeeded.
+type streamOpened struct {
+	key connKey
+	s   Stream
+	pos Position
+}
+
+func (streamOpened) isEvent() {}
+
+// Start validates cfg and starts a head; ctx bounds its life (cancelling it
+// is Close). log, when not nil, replaces cfg.Logger; clk nil means the
+// system clock.
+func Start(ctx context.Context, cfg Config, tr Transport, ctl Control, clk Clock, log *slog.Logger) (*Head, error) {
+	if tr == nil || ctl == nil {
+		return nil, errors.New("head: start: a Transport and a Control are required")
+	}
+	if clk == nil {
+		clk = SystemClock()
+	}
+	if log != nil {
+		cfg.Logger = log
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg = cfg.withDefaults()
+	m, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	h := &Head{
+		cfg: cfg, tr: tr, ctl: ctl, clk: clk,
+		log:     cfg.Logger.With("volume", cfg.Volume, "epoch", cfg.Epoch),
+		reqs:    make(chan request),
+		events:  make(chan Event, 64),
+		quit:    make(chan struct{}),
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+		m:       m,
+		primary: m.Primary(),
+		waiters: map[uint64]chan completion{},
+		conns:   map[connKey]*conn{},
+	}
+	h.ctx, h.cancel = context.WithCancel(ctx)
+	h.afterSeq.Store(cfg.StartSeq)
+	h.fid.Store(cfg.MaxFID)
+	go h.run()
+	return h, nil
+}
+
+// Do sequences op (filling Seq and Epoch) and replicates it. OP_WRITE
+// returns as soon as the op is sequenced (page-cache semantics), with a
+// result carrying only Seq; every other op returns the primary's result
+// (Errno set when the op failed as a POSIX operation). Do takes ownership of
+// op and op.Data: the caller must not modify or reuse them (go-fuse reuses
+// its write buffer — copy it). It blocks while the in-flight window is
+// full. Errors: FencedError, ReadOnlyError (syscall.EROFS), ErrClosed,
+// ErrInvalid, ErrProtocol, or ctx's error (the op may still be applied if it
+// was already sequenced; the error says so).
+func (h *Head) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error) {
+	if op == nil || op.Type == brickpb.OpType_OP_UNSPECIFIED || op.Type == brickpb.OpType_OP_SYNC {
+		return nil, fmt.Errorf("do %v: %w: use Sync for OP_SYNC", op.GetType(), ErrInvalid)
+	}
+	want := op.Type != brickpb.OpType_OP_WRITE
+	c := h.call(ctx, func(w uint64) Event { return Submit{Op: op, Waiter: w, WantResult: want} })
+	return c.res, c.err
+}
+
+// Sync returns once every op submitted before it is fsync'd on every brick
+// of the ISR as committed in Raft (promise 1). Errors: FencedError,
+// ReadOnlyError (not durable everywhere and the ISR cannot shrink), ErrClosed,
+// ctx's error.
+func (h *Head) Sync(ctx context.Context) error {
+	return h.call(ctx, func(w uint64) Event { return SyncReq{Waiter: w} }).err
+}
+
+func (h *Head) call(ctx context.Context, mk func(w uint64) Event) completion {
+	w := h.nextWaiter.Add(1)
+	done := make(chan completion, 1)
+	select {
+	case h.reqs <- request{ev: mk(w), waiter: w, done: done}:
+	case <-ctx.Done():
+		return completion{err: ctx.Err()}
+	case <-h.done:
+		return completion{err: ErrClosed}
+	}
+	select {
+	case c := <-done:
+		return c
+	case <-ctx.Done():
+	}
+	// Withdraw: the machine completes the waiter (if it has not already).
+	select {
+	case h.reqs <- request{ev: Cancel{Waiter: w, Err: ctx.Err()}}:
+	case c := <-done:
+		return c
+	case <-h.done:
+	}
+	select {
+	case c := <-done:
+		return c
+	case <-h.done:
+	}
+	select { // the loop completes every waiter before it exits
+	case c := <-done:
+		return c
+	default:
+		return completion{err: ErrClosed}
+	}
+}
+
+// AfterSeq is the seq a read must wait for to see every op submitted so far
+// (the last sequenced op).
+func (h *Head) AfterSeq() uint64 { return h.afterSeq.Load() }
+
+// NewFID reserves a fresh file ID.
+func (h *Head) NewFID() uint64 { return h.fid.Add(1) }
+
+// Epoch is the head's epoch.
+func (h *Head) Epoch() uint64 { return h.cfg.Epoch }
+
+// Primary is the brick whose results answer metadata ops (reads should go
+// there too).
+func (h *Head) Primary() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.primary
+}
+
+// Changed returns a channel closed at the next change of state word,
+// reason, ISR or primary.
+func (h *Head) Changed() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.changed
+}
+
+// Status is a snapshot; after Close, the last one.
+func (h *Head) Status() Status {
+	ch := make(chan Status, 1)
+	select {
+	case h.reqs <- request{status: ch}:
+		return <-ch
+	case <-h.done:
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.final
+	}
+}
+
+// WaitFor returns the first Status (taken after a machine step) for which
+// cond holds: how tests and `brick volume status --wait` wait for a typed
+// observation without sleeping. cond runs on the head's goroutine and must
+// be quick.
+func (h *Head) WaitFor(ctx context.Context, cond func(Status) bool) (Status, error) {
+	w := &watch{cond: cond, done: make(chan Status, 1)}
+	select {
+	case h.reqs <- request{watch: w}:
+	case <-ctx.Done():
+		return Status{}, ctx.Err()
+	case <-h.done:
+		return h.Status(), ErrClosed
+	}
+	select {
+	case s := <-w.done:
+		return s, nil
+	case <-ctx.Done():
+		w.gone.Store(true)
+		return h.Status(), ctx.Err()
+	case <-h.done:
+		return h.Status(), ErrClosed
+	}
+}
+
+// ObserveISR tells the head about an ISR committed in Raft by someone else
+// (heal re-adding a brick) or a newer epoch (which fences the head). index
+// is the Raft index (0 if unknown); older observations are ignored.
+func (h *Head) ObserveISR(epoch, index uint64, isr []string) {
+	h.post(ISRCommitted{Epoch: epoch, Index: index, ISR: append([]string(nil), isr...)})
+}
+
+// Close stops the head: waiters fail with ErrClosed, streams close. It
+// waits for every goroutine of the head.
+func (h *Head) Close() error {
+	h.closeOnce.Do(func() { close(h.quit) })
+	<-h.done
+	h.wg.Wait()
+	return nil
+}
+
+func (h *Head) run() {
+	defer close(h.done)
+	tk := h.clk.NewTicker(h.cfg.TickInterval)
+	defer tk.Stop()
+	h.step(Tick{Now: h.clk.Now()})
+	for {
+		select {
+		case r := <-h.reqs:
+			h.handle(r)
+		case ev := <-h.events:
+			if so, ok := ev.(streamOpened); ok {
+				ev = h.install(so)
+			}
+			h.step(ev)
+		case <-tk.C():
+			h.step(Tick{Now: h.clk.Now()})
+		case <-h.quit:
+			h.shutdown()
+			return
+		case <-h.ctx.Done():
+			h.shutdown()
+			return
+		}
+	}
+}
+
+func (h *Head) handle(r request) {
+	switch {
+	case r.status != nil:
+		r.status <- h.m.Status()
+	case r.watch != nil:
+		if s := h.m.Status(); r.watch.cond(s) {
+			r.watch.done <- s
+		} else {
+			h.watches = append(h.watches, r.watch)
+		}
+	default:
+		if r.done != nil {
+			h.waiters[r.waiter] = r.done
+		}
+		h.step(r.ev)
+	}
+}
+
+func (h *Head) shutdown() {
+	h.step(Stop{Err: ErrClosed})
+	for k, c := range h.conns {
+		c.close()
+		delete(h.conns, k)
+	}
+	h.mu.Lock()
+	h.final = h.m.Status()
+	h.mu.Unlock()
+	h.cancel()
+}
+
+func (h *Head) step(ev Event) {
+	for _, a := range h.m.Step(ev) {
+		h.do(a)
+	}
+	h.afterSeq.Store(h.m.LastSeq())
+	if len(h.watches) == 0 {
+		return
+	}
+	s := h.m.Status()
+	keep := h.watches[:0]
+	for _, w := range h.watches {
+		switch {
+		case w.gone.Load():
+		case w.cond(s):
+			w.done <- s
+		default:
+			keep = append(keep, w)
+		}
+	}
+	clear(h.watches[len(keep):])
+	h.watches = keep
+}
+
+func (h *Head) do(a Action) {
+	switch a := a.(type) {
+	case Send:
+		if c := h.conns[connKey{a.Brick, a.Gen}]; c != nil {
+			c.enqueue(a.Ops)
+		}
+	case Complete:
+		if ch, ok := h.waiters[a.Waiter]; ok {
+			delete(h.waiters, a.Waiter)
+			ch <- completion{res: a.Result, err: a.Err}
+		}
+	case ProposeISR:
+		h.propose(a)
+	case Reconnect:
+		h.reconnect(a)
+	case CloseStream:
+		k := connKey{a.Brick, a.Gen}
+		if c := h.conns[k]; c != nil {
+			delete(h.conns, k)
+			c.close()
+		}
+	case StateChanged:
+		h.notify()
+	case ISRChanged:
+		h.mu.Lock()
+		h.primary = a.Primary
+		h.mu.Unlock()
+		h.notify()
+	}
+}
+
+func (h *Head) notify() {
+	h.mu.Lock()
+	close(h.changed)
+	h.changed = make(chan struct{})
+	h.mu.Unlock()
+}
+
+// post hands an event to the loop; false once the head is gone.
+func (h *Head) post(ev Event) bool {
+	select {
+	case h.events <- ev:
+		return true
+	case <-h.done:
+		return false
+	}
+}
+
+func (h *Head) propose(a ProposeISR) {
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		ctx, cancel := context.WithTimeout(h.ctx, max(2*h.cfg.ReplicaTimeout, minProposalTimeout))
+		defer cancel()
+		idx, err := h.ctl.SetISR(ctx, a.Epoch, a.ISR)
+		if err != nil {
+			h.post(ISRProposalFailed{Err: fmt.Errorf("set ISR %v at epoch %d: %w", a.ISR, a.Epoch, err), Stale: errors.Is(err, ErrStaleEpoch)})
+			return
+		}
+		h.post(ISRCommitted{Epoch: a.Epoch, ISR: a.ISR, Index: idx, Proposed: true})
+	}()
+}
+
+func (h *Head) reconnect(a Reconnect) {
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.ReplicaTimeout)
+		s, pos, err := h.tr.Open(ctx, a.Brick, h.cfg.Epoch)
+		cancel()
+		switch {
+		case errors.Is(err, ErrStaleEpoch):
+			h.post(Fenced{Brick: a.Brick, Msg: err.Error()})
+		case err != nil:
+			h.post(StreamDown{Brick: a.Brick, Gen: a.Gen, Err: fmt.Errorf("open stream to brick %s: %w", a.Brick, err)})
+		case !h.post(streamOpened{key: connKey{a.Brick, a.Gen}, s: s, pos: pos}):
+			s.Close()
+		}
+	}()
+}
+
+// install starts the goroutines of a freshly opened stream and turns the
+// event into the machine's StreamUp (which may refuse it with CloseStream).
+func (h *Head) install(so streamOpened) Event {
+	c := &conn{h: h, key: so.key, s: so.s, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	h.conns[so.key] = c
+	h.wg.Add(2)
+	go c.sendLoop()
+	go c.recvLoop()
+	return StreamUp{Brick: so.key.brick, Gen: so.key.gen, Applied: so.pos.Applied, Synced: so.pos.Synced}
+}
+
+const minProposalTimeout = 5 * time.Second // Raft elections take seconds
+
+// conn is one open stream: a sender goroutine batching what the loop
+// queued, and a receiver goroutine posting acks.
+type conn struct {
+	h     *Head
+	key   connKey
+	s     Stream
+	mu    sync.Mutex
+	queue []*brickpb.Op
+	wake  chan struct{}
+	stop  chan struct{}
+	once  sync.Once
+}
+
+func (c *conn) enqueue(ops []*brickpb.Op) {
+	c.mu.Lock()
+	c.queue = append(c.queue, ops...)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *conn) close() {
+	c.once.Do(func() {
+		close(c.stop)
+		c.s.Close()
+	})
+}
+
+func (c *conn) closed() bool {
+	select {
+	case <-c.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *conn) sendLoop() {
+	defer c.h.wg.Done()
+	limit := int64(c.h.cfg.MaxBatchBytes)
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.wake:
+		}
+		c.mu.Lock()
+		ops := c.queue
+		c.queue = nil
+		c.mu.Unlock()
+		for len(ops) > 0 {
+			n, size := 0, int64(0)
+			for n < len(ops) && (n == 0 || size+opSize(ops[n]) <= limit) {
+				size += opSize(ops[n])
+				n++
+			}
+			if err := c.s.Send(ops[:n]); err != nil {
+				if !c.closed() {
+					c.h.post(StreamDown{Brick: c.key.brick, Gen: c.key.gen, Err: fmt.Errorf("send to brick %s: %w", c.key.brick, err)})
+				}
+				return
+			}
+			ops = ops[n:]
+		}
+	}
+}
+
+func (c *conn) recvLoop() {
+	defer c.h.wg.Done()
+	for {
+		a, err := c.s.Recv()
+		if err != nil {
+			if !c.closed() {
+				c.h.post(StreamDown{Brick: c.key.brick, Gen: c.key.gen, Err: fmt.Errorf("receive from brick %s: %w", c.key.brick, err)})
+			}
+			return
+		}
+		if !c.h.post(Ack{Brick: c.key.brick, Gen: c.key.gen, Ack: a}) {
+			return
+		}
+	}
+}

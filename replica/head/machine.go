@@ -1,0 +1,624 @@
+package head
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/brickvol/brick/proto/brickpb"
+)
+
+// Machine is the head's deterministic core: sequence numbers, the retained
+// window, acknowledgements, fsync barriers, ISR shrink, read-only, fencing.
+// It does no I/O, reads no clock and starts no goroutine: events in, actions
+// out. Not safe for concurrent use.
+type Machine struct {
+	cfg Config
+	log *slog.Logger
+	now time.Time
+
+	epoch     uint64
+	placement []string
+	isr       []string // committed in Raft, placement order
+	isrIndex  uint64
+	primary   string
+	bricks    map[string]*brick // exactly the ISR members
+	nextGen   uint64
+
+	lastSeq  uint64   // last sequenced op
+	trimSeq  uint64   // every op ≤ trimSeq is applied by every ISR brick
+	entries  []*entry // entries[i] holds seq trimSeq+1+i
+	inflight int64    // bytes of entries
+	waiting  []uint64 // seqs with a result waiter, ascending (lazily cleaned)
+	backlog  []pending
+	syncs    []syncWait // ascending seq
+	lastSync uint64     // seq of the last OP_SYNC barrier
+	syncAt   time.Time  // when it was sequenced
+
+	proposing bool
+	proposeAt time.Time // no proposal before
+	propErr   string
+	leaving   []string          // ISR bricks the head wants out (this step)
+	leaveWhy  map[string]string // and why
+	readOnly  string            // why; "" when writable
+	fenced    *FencedError
+	stopped   error
+
+	state, reason string
+	out           []Action
+}
+
+type connState uint8
+
+const (
+	connDown connState = iota
+	connOpening
+	connUp
+)
+
+func (c connState) String() string {
+	return [...]string{"down", "opening", "up"}[c]
+}
+
+// brick is the head's view of one ISR brick.
+type brick struct {
+	id       string
+	gen      uint64 // current stream generation
+	conn     connState
+	known    bool   // reported its position on a stream at least once
+	sent     uint64 // last seq sent on the current stream
+	applied  uint64 // ≥ trimSeq always (a placeholder of trimSeq until known)
+	synced   uint64 // 0 until known
+	since    time.Time
+	retryAt  time.Time
+	failures int
+	out      string // sticky reason to leave the ISR (diverged, unresumable)
+	lastErr  string
+}
+
+// entry is one sequenced op still retained for resends.
+type entry struct {
+	op      *brickpb.Op
+	at      time.Time
+	size    int64
+	waiter  uint64                       // 0 once answered (or none)
+	results map[string]*brickpb.OpResult // by brick
+}
+
+// pending is a submission not sequenced yet; op nil means a sync.
+type pending struct {
+	waiter uint64
+	op     *brickpb.Op
+	want   bool
+	size   int64
+}
+
+type syncWait struct {
+	waiter, seq uint64
+	at          time.Time
+}
+
+// New returns a machine for cfg, which must pass Validate. Its first event
+// must be a Tick.
+func New(cfg Config) (*Machine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m := &Machine{
+		cfg:       cfg,
+		log:       log.With("volume", cfg.Volume, "epoch", cfg.Epoch),
+		epoch:     cfg.Epoch,
+		placement: slices.Clone(cfg.Placement),
+		bricks:    map[string]*brick{},
+		lastSeq:   cfg.StartSeq,
+		trimSeq:   cfg.StartSeq,
+		leaveWhy:  map[string]string{},
+	}
+	m.isr = m.inPlacement(cfg.ISR)
+	for _, id := range m.isr {
+		m.bricks[id] = &brick{id: id, applied: m.trimSeq, sent: m.trimSeq}
+	}
+	m.primary = m.preferredPrimary()
+	return m, nil
+}
+
+// Step applies one event and returns what the driver must do, in order.
+func (m *Machine) Step(ev Event) []Action {
+	switch e := ev.(type) {
+	case Tick:
+		if e.Now.After(m.now) {
+			m.now = e.Now
+		}
+	case Submit:
+		m.submit(e)
+	case SyncReq:
+		m.syncReq(e)
+	case Cancel:
+		m.cancel(e)
+	case Ack:
+		m.ack(e)
+	case StreamDown:
+		if b := m.bricks[e.Brick]; b != nil && b.gen == e.Gen && b.conn != connDown {
+			m.breakStream(b, errText(e.Err))
+		}
+	case StreamUp:
+		m.streamUp(e)
+	case ISRCommitted:
+		m.isrCommitted(e)
+	case ISRProposalFailed:
+		m.proposalFailed(e)
+	case Fenced:
+		m.fence(fmt.Sprintf("brick %s refused epoch %d: %s", e.Brick, m.epoch, e.Msg))
+	case Stop:
+		m.stop(e.Err)
+	}
+	if m.fenced == nil && m.stopped == nil {
+		m.reconcile()
+		m.admit()
+		m.checkSyncs()
+		m.flush()
+		m.connect()
+	}
+	m.updateState()
+	out := m.out
+	m.out = nil
+	return out
+}
+
+// LastSeq is the last sequenced op: what a read must wait for.
+func (m *Machine) LastSeq() uint64 { return m.lastSeq }
+
+// Primary is the brick whose results answer metadata ops ("" if none).
+func (m *Machine) Primary() string { return m.primary }
+
+// Epoch is the machine's epoch.
+func (m *Machine) Epoch() uint64 { return m.epoch }
+
+func (m *Machine) emit(a Action) { m.out = append(m.out, a) }
+
+func (m *Machine) complete(w uint64, r *brickpb.OpResult, err error) {
+	if w != 0 {
+		m.emit(Complete{Waiter: w, Result: r, Err: err})
+	}
+}
+
+// refusal is why a new op or sync cannot be taken at all.
+func (m *Machine) refusal() error {
+	switch {
+	case m.stopped != nil:
+		return m.stopped
+	case m.fenced != nil:
+		return m.fenced
+	}
+	return nil
+}
+
+func (m *Machine) submit(e Submit) {
+	if err := m.refusal(); err != nil {
+		m.complete(e.Waiter, nil, err)
+		return
+	}
+	if e.Op == nil || e.Op.Type == brickpb.OpType_OP_UNSPECIFIED || e.Op.Type == brickpb.OpType_OP_SYNC {
+		m.complete(e.Waiter, nil, fmt.Errorf("%w: submit takes mutating ops (use a sync for OP_SYNC), got %v", ErrInvalid, e.Op.GetType()))
+		return
+	}
+	if m.readOnly != "" {
+		m.complete(e.Waiter, nil, &ReadOnlyError{Reason: m.readOnly})
+		return
+	}
+	m.backlog = append(m.backlog, pending{waiter: e.Waiter, op: e.Op, want: e.WantResult, size: opSize(e.Op)})
+}
+
+func (m *Machine) syncReq(e SyncReq) {
+	if err := m.refusal(); err != nil {
+		m.complete(e.Waiter, nil, err)
+		return
+	}
+	if m.readOnly != "" {
+		if m.durable(m.lastSeq) {
+			m.complete(e.Waiter, nil, nil)
+		} else {
+			m.complete(e.Waiter, nil, &ReadOnlyError{Reason: m.readOnly})
+		}
+		return
+	}
+	m.backlog = append(m.backlog, pending{waiter: e.Waiter})
+}
+
+// admit sequences queued submissions in order while the window has room.
+// An op bigger than the whole window goes alone.
+func (m *Machine) admit() {
+	for m.readOnly == "" && len(m.backlog) > 0 {
+		p := m.backlog[0]
+		if p.op != nil && m.inflight > 0 && m.inflight+p.size > m.cfg.MaxInflightBytes {
+			return
+		}
+		m.backlog[0] = pending{}
+		m.backlog = m.backlog[1:]
+		if p.op == nil {
+			m.barrier(p.waiter)
+			continue
+		}
+		e := m.sequence(p.op, p.size)
+		if p.want {
+			e.waiter = p.waiter
+			m.waiting = append(m.waiting, e.op.Seq)
+		} else {
+			m.complete(p.waiter, &brickpb.OpResult{Seq: e.op.Seq}, nil)
+		}
+	}
+}
+
+// barrier makes waiter w wait for an fsync of everything sequenced so far,
+// sharing the last barrier when nothing was sequenced after it.
+func (m *Machine) barrier(w uint64) {
+	if m.durable(m.lastSeq) {
+		m.complete(w, nil, nil)
+		return
+	}
+	if m.lastSync != m.lastSeq {
+		m.newBarrier()
+	}
+	m.syncs = append(m.syncs, syncWait{waiter: w, seq: m.lastSync, at: m.syncAt})
+}
+
+func (m *Machine) newBarrier() {
+	op := &brickpb.Op{Type: brickpb.OpType_OP_SYNC}
+	e := m.sequence(op, opSize(op))
+	m.lastSync, m.syncAt = op.Seq, e.at
+}
+
+func (m *Machine) sequence(op *brickpb.Op, size int64) *entry {
+	m.lastSeq++
+	op.Seq, op.Epoch = m.lastSeq, m.epoch
+	e := &entry{op: op, at: m.now, size: size}
+	m.entries = append(m.entries, e)
+	m.inflight += size
+	return e
+}
+
+func (m *Machine) entry(seq uint64) *entry {
+	if seq <= m.trimSeq || seq > m.lastSeq {
+		return nil
+	}
+	return m.entries[seq-m.trimSeq-1]
+}
+
+// durable: every op ≤ seq is fsync'd on every ISR brick, and the ISR is at
+// least min-isr strong (promise 1).
+func (m *Machine) durable(seq uint64) bool {
+	if len(m.isr) < m.cfg.MinISR {
+		return false
+	}
+	for _, id := range m.isr {
+		if m.bricks[id].synced < seq {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *Machine) checkSyncs() {
+	n := 0
+	for n < len(m.syncs) && m.durable(m.syncs[n].seq) {
+		m.complete(m.syncs[n].waiter, nil, nil)
+		n++
+	}
+	m.syncs = m.syncs[n:]
+}
+
+// flush sends every up stream what it has not been sent yet.
+func (m *Machine) flush() {
+	for _, id := range m.isr {
+		b := m.bricks[id]
+		if b.conn != connUp || b.sent >= m.lastSeq {
+			continue
+		}
+		ops := make([]*brickpb.Op, 0, m.lastSeq-b.sent)
+		for s := b.sent + 1; s <= m.lastSeq; s++ {
+			ops = append(ops, m.entry(s).op)
+		}
+		m.emit(Send{Brick: id, Gen: b.gen, Ops: ops})
+		b.sent = m.lastSeq
+	}
+}
+
+// connect opens streams to ISR bricks that have none and are due.
+func (m *Machine) connect() {
+	for _, id := range m.isr {
+		b := m.bricks[id]
+		if b.conn != connDown || b.out != "" || m.now.Before(b.retryAt) {
+			continue
+		}
+		m.nextGen++
+		b.gen, b.conn = m.nextGen, connOpening
+		m.emit(Reconnect{Brick: id, Gen: b.gen})
+	}
+}
+
+func (m *Machine) breakStream(b *brick, why string) {
+	wasUp := b.conn == connUp
+	m.emit(CloseStream{Brick: b.id, Gen: b.gen})
+	b.conn, b.lastErr = connDown, why
+	if wasUp && b.failures == 0 {
+		b.retryAt = m.now // the stream worked: reopen at once
+	} else {
+		d := m.cfg.ReconnectBackoff << min(b.failures, 20)
+		b.retryAt = m.now.Add(min(d, m.cfg.MaxReconnectBackoff))
+	}
+	b.failures++
+	m.log.Warn("replication stream down", "brick", b.id, "applied", b.applied, "err", why)
+}
+
+func (m *Machine) streamUp(e StreamUp) {
+	b := m.bricks[e.Brick]
+	if b == nil || b.gen != e.Gen || b.conn != connOpening {
+		m.emit(CloseStream{Brick: e.Brick, Gen: e.Gen})
+		return
+	}
+	var why string
+	switch {
+	case e.Synced > e.Applied:
+		why = fmt.Sprintf("protocol: reports synced seq %d beyond its applied seq %d", e.Synced, e.Applied)
+	case e.Applied > m.lastSeq:
+		why = fmt.Sprintf("reports applied seq %d beyond this head's last seq %d: it holds ops this head never sequenced", e.Applied, m.lastSeq)
+	case b.known && e.Synced < b.synced:
+		why = fmt.Sprintf("its synced seq went back from %d to %d: it lost ops it had acknowledged as durable", b.synced, e.Synced)
+	case e.Applied < m.trimSeq:
+		why = fmt.Sprintf("is at seq %d but this head retains ops only after seq %d; heal must catch it up", e.Applied, m.trimSeq)
+	}
+	if why != "" {
+		b.out = why
+		m.log.Error("brick cannot stay in the ISR", "brick", b.id, "why", why)
+		m.emit(CloseStream{Brick: b.id, Gen: b.gen})
+		b.conn = connDown
+		return
+	}
+	b.conn, b.known, b.lastErr = connUp, true, ""
+	b.applied, b.sent = e.Applied, e.Applied
+	b.synced = max(b.synced, e.Synced)
+	m.log.Info("replication stream up", "brick", b.id, "applied", e.Applied, "synced", e.Synced, "resend_from", e.Applied+1)
+	// A brick that got past the pending barrier by other means (heal) will
+	// never fsync it on this stream: sequence a fresh one for the waiters.
+	if len(m.syncs) > 0 && b.synced < m.lastSync && b.applied >= m.lastSync && m.readOnly == "" {
+		m.newBarrier()
+		for i := range m.syncs {
+			m.syncs[i].seq, m.syncs[i].at = m.lastSync, m.syncAt
+		}
+	}
+	m.trim()
+}
+
+func (m *Machine) ack(e Ack) {
+	b := m.bricks[e.Brick]
+	if b == nil || b.gen != e.Gen || b.conn != connUp || e.Ack == nil {
+		return
+	}
+	a := e.Ack
+	if a.AppliedSeq < b.applied || a.AppliedSeq > b.sent || a.SyncedSeq > a.AppliedSeq {
+		m.breakStream(b, fmt.Sprintf("protocol: ack applied %d synced %d outside what was sent (%d..%d)", a.AppliedSeq, a.SyncedSeq, b.applied, b.sent))
+		return
+	}
+	for _, r := range a.Results {
+		if r != nil {
+			m.result(b, r)
+		}
+	}
+	if a.AppliedSeq > b.applied || a.SyncedSeq > b.synced {
+		b.failures = 0
+	}
+	b.applied = a.AppliedSeq
+	b.synced = max(b.synced, a.SyncedSeq)
+	if a.Error != "" {
+		if a.Errno == uint32(syscall.ESTALE) {
+			m.fence(fmt.Sprintf("brick %s refused epoch %d: %s", b.id, m.epoch, a.Error))
+			return
+		}
+		m.breakStream(b, "brick refused an op: "+a.Error)
+	}
+	if b.id == m.primary {
+		m.answerApplied()
+	}
+	m.trim()
+}
+
+// result records brick b's result for an op, answers the op's waiter when b
+// is the primary, and drops bricks whose errno differs from the primary's.
+func (m *Machine) result(b *brick, r *brickpb.OpResult) {
+	e := m.entry(r.Seq)
+	if e == nil {
+		return
+	}
+	if e.results == nil {
+		e.results = make(map[string]*brickpb.OpResult, len(m.isr))
+	}
+	e.results[b.id] = r
+	if b.id == m.primary {
+		m.answer(e, r)
+		m.compare(e)
+	} else if p := e.results[m.primary]; p != nil && p.Errno != r.Errno {
+		m.diverged(b.id, e, r.Errno, p.Errno)
+	}
+}
+
+func (m *Machine) compare(e *entry) {
+	p := e.results[m.primary]
+	if p == nil {
+		return
+	}
+	for _, id := range m.isr {
+		if o := e.results[id]; id != m.primary && o != nil && o.Errno != p.Errno {
+			m.diverged(id, e, o.Errno, p.Errno)
+		}
+	}
+}
+
+func (m *Machine) diverged(id string, e *entry, got, want uint32) {
+	b := m.bricks[id]
+	if b == nil || b.out != "" {
+		return
+	}
+	b.out = fmt.Sprintf("diverged at seq %d (%s): errno %d where the primary %s got errno %d", e.op.Seq, e.op.Type, got, m.primary, want)
+	m.log.Error("REPLICA DIVERGED from the primary; dropping it from the ISR, heal must repair it",
+		"brick", id, "seq", e.op.Seq, "op", e.op.Type.String(), "errno", got, "primary", m.primary, "primary_errno", want)
+	if b.conn != connDown {
+		m.emit(CloseStream{Brick: id, Gen: b.gen})
+		b.conn = connDown
+	}
+}
+
+func (m *Machine) answer(e *entry, r *brickpb.OpResult) {
+	if e.waiter != 0 {
+		w := e.waiter
+		e.waiter = 0
+		m.complete(w, r, nil)
+	}
+}
+
+// answerApplied answers the waiters of ops the primary applied without
+// reporting a result (see fallback).
+func (m *Machine) answerApplied() {
+	p := m.bricks[m.primary]
+	if p == nil || !p.known {
+		return
+	}
+	for len(m.waiting) > 0 && m.waiting[0] <= p.applied {
+		s := m.waiting[0]
+		m.waiting = m.waiting[1:]
+		if e := m.entry(s); e != nil && e.waiter != 0 {
+			m.fallback(e)
+		}
+	}
+}
+
+// fallback answers a waiter whose op the primary applied without a result:
+// with another ISR brick's result (replicas apply one deterministic
+// sequence, so it is the same answer), else with ErrProtocol.
+func (m *Machine) fallback(e *entry) {
+	for _, id := range m.isr {
+		if r := e.results[id]; r != nil {
+			m.answer(e, r)
+			return
+		}
+	}
+	w := e.waiter
+	e.waiter = 0
+	m.complete(w, nil, fmt.Errorf("op seq %d (%s): %w: primary %s applied it without reporting its result", e.op.Seq, e.op.Type, ErrProtocol, m.primary))
+}
+
+// trim drops the ops every ISR brick applied, freeing window space.
+func (m *Machine) trim() {
+	low := m.lastSeq
+	for _, id := range m.isr {
+		low = min(low, m.bricks[id].applied)
+	}
+	for m.trimSeq < low {
+		e := m.entries[0]
+		if e.waiter != 0 {
+			m.fallback(e)
+		}
+		m.inflight -= e.size
+		m.entries[0] = nil
+		m.entries = m.entries[1:]
+		m.trimSeq++
+	}
+	for len(m.waiting) > 0 && m.waiting[0] <= m.trimSeq {
+		m.waiting = m.waiting[1:]
+	}
+}
+
+func (m *Machine) cancel(c Cancel) {
+	err := c.Err
+	if err == nil {
+		err = errors.New("canceled")
+	}
+	for i, p := range m.backlog {
+		if p.waiter == c.Waiter {
+			m.backlog = slices.Delete(m.backlog, i, i+1)
+			m.complete(c.Waiter, nil, fmt.Errorf("canceled before it was sequenced: %w", err))
+			return
+		}
+	}
+	for i, s := range m.syncs {
+		if s.waiter == c.Waiter {
+			m.syncs = slices.Delete(m.syncs, i, i+1)
+			m.complete(c.Waiter, nil, fmt.Errorf("sync canceled: %w", err))
+			return
+		}
+	}
+	for _, s := range m.waiting {
+		if e := m.entry(s); e != nil && e.waiter == c.Waiter {
+			e.waiter = 0
+			m.complete(c.Waiter, nil, fmt.Errorf("canceled while waiting for the result of op seq %d, which will still be applied: %w", s, err))
+			return
+		}
+	}
+}
+
+// failAll completes every waiter with err.
+func (m *Machine) failAll(err error) {
+	for _, p := range m.backlog {
+		m.complete(p.waiter, nil, err)
+	}
+	m.backlog = nil
+	for _, s := range m.syncs {
+		m.complete(s.waiter, nil, err)
+	}
+	m.syncs = nil
+	for _, s := range m.waiting {
+		if e := m.entry(s); e != nil && e.waiter != 0 {
+			m.complete(e.waiter, nil, err)
+			e.waiter = 0
+		}
+	}
+	m.waiting = nil
+}
+
+func (m *Machine) closeAll() {
+	for _, id := range m.isr {
+		if b := m.bricks[id]; b.conn != connDown {
+			m.emit(CloseStream{Brick: id, Gen: b.gen})
+			b.conn = connDown
+		}
+	}
+}
+
+func (m *Machine) stop(err error) {
+	if m.stopped != nil {
+		return
+	}
+	if err == nil {
+		err = ErrClosed
+	}
+	m.stopped = err
+	m.failAll(err)
+	m.closeAll()
+}
+
+// opSize is what an op costs in the window: its payload plus a fixed
+// overhead for the header fields.
+func opSize(op *brickpb.Op) int64 {
+	return int64(len(op.Data)+len(op.Name)+len(op.NewName)+len(op.Target)+len(op.Xattr)) + 96
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "stream closed"
+	}
+	return err.Error()
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,305 @@
+package head
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"syscall"
+
+	"github.com/brickvol/brick/proto/brickpb"
+)
+
+// MemNet is the in-memory twin of the gRPC Transport: bricks that apply ops
+// in memory, in order, refusing gaps and stale epochs like real ones, with
+// knobs to hold, drop, cut and refuse. Used by tests of this package and of
+// the packages above it. Safe for concurrent use.
+type MemNet struct {
+	mu     sync.Mutex
+	bricks map[string]*MemBrick
+}
+
+// NewMemNet returns a network of empty bricks (applied 0) named ids.
+func NewMemNet(ids ...string) *MemNet {
+	n := &MemNet{bricks: map[string]*MemBrick{}}
+	for _, id := range ids {
+		n.bricks[id] = &MemBrick{id: id, changed: make(chan struct{})}
+	}
+	return n
+}
+
+// Brick returns the brick named id, or nil.
+func (n *MemNet) Brick(id string) *MemBrick {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.bricks[id]
+}
+
+// Open implements Transport: it fences the brick at epoch and replaces its
+// stream (the old one breaks).
+func (n *MemNet) Open(_ context.Context, id string, epoch uint64) (Stream, Position, error) {
+	b := n.Brick(id)
+	if b == nil {
+		return nil, Position{}, fmt.Errorf("brick %s: no such brick", id)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.opens++
+	switch {
+	case b.unreachable:
+		return nil, Position{}, fmt.Errorf("brick %s: unreachable", id)
+	case b.promised > epoch:
+		return nil, Position{}, fmt.Errorf("brick %s promised epoch %d, refuses epoch %d: %w", id, b.promised, epoch, ErrStaleEpoch)
+	}
+	b.promised = epoch
+	if b.cur != nil {
+		b.cur.end(errors.New("stream replaced"), true)
+	}
+	s := &memStream{b: b}
+	s.cond = sync.NewCond(&s.mu)
+	b.cur = s
+	return s, Position{Applied: b.applied, Synced: b.synced}, nil
+}
+
+// MemBrick is one in-memory brick. By default it applies every op with
+// errno 0, fsyncs at every OP_SYNC and acknowledges every Send at once.
+type MemBrick struct {
+	id      string
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced on every change of position
+	apply   func(*brickpb.Op) *brickpb.OpResult
+	cur     *memStream
+
+	promised, applied, synced uint64
+	ops                       []*brickpb.Op
+	unreachable, hold, drop   bool
+	opens, sends              int
+	faults                    []string
+}
+
+// SetApply sets how the brick answers ops (nil: errno 0, no attr). f must
+// not modify the op; the result's Seq is filled in.
+func (b *MemBrick) SetApply(f func(*brickpb.Op) *brickpb.OpResult) { b.with(func() { b.apply = f }) }
+
+// Hold(true) keeps acknowledgements from the head (the ops are applied);
+// Hold(false) delivers the kept ones, in order, and stops holding.
+func (b *MemBrick) Hold(on bool) {
+	b.with(func() {
+		b.hold = on
+		if !on && b.cur != nil {
+			b.cur.release()
+		}
+	})
+}
+
+// DropAcks makes the brick apply ops but lose every acknowledgement.
+func (b *MemBrick) DropAcks(on bool) { b.with(func() { b.drop = on }) }
+
+// SetReachable(false) makes Open fail; it does not cut the open stream.
+func (b *MemBrick) SetReachable(on bool) { b.with(func() { b.unreachable = !on }) }
+
+// Disconnect breaks the open stream; acknowledgements not yet received are lost.
+func (b *MemBrick) Disconnect() { b.with(b.disconnect) }
+
+func (b *MemBrick) disconnect() {
+	if b.cur != nil {
+		b.cur.end(errors.New("connection reset"), true)
+		b.cur = nil
+	}
+}
+
+// Crash loses what was not fsync'd (applied falls back to synced) and
+// breaks the stream.
+func (b *MemBrick) Crash() {
+	b.with(func() {
+		b.ops = b.ops[:len(b.ops)-int(b.applied-b.synced)]
+		b.applied = b.synced
+		b.disconnect()
+	})
+}
+
+// HealFrom makes the brick a durable copy of src (what heal does before a
+// brick rejoins the ISR).
+func (b *MemBrick) HealFrom(src *MemBrick) {
+	src.mu.Lock()
+	ops, applied := slices.Clone(src.ops), src.applied
+	src.mu.Unlock()
+	b.with(func() { b.ops, b.applied, b.synced = ops, applied, applied })
+}
+
+// Fence makes the brick promise epoch: it refuses older ones from now on.
+func (b *MemBrick) Fence(epoch uint64) { b.with(func() { b.promised = max(b.promised, epoch) }) }
+
+// Position is where the brick stands.
+func (b *MemBrick) Position() Position {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return Position{Applied: b.applied, Synced: b.synced}
+}
+
+// Ops returns the ops the brick applied, in order (after a Crash, only the
+// surviving ones).
+func (b *MemBrick) Ops() []*brickpb.Op {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.ops)
+}
+
+// Faults lists the protocol violations the brick saw (gaps, duplicates).
+func (b *MemBrick) Faults() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.faults)
+}
+
+// Opens and Sends count stream opens and Send calls.
+func (b *MemBrick) Opens() int { b.mu.Lock(); defer b.mu.Unlock(); return b.opens }
+func (b *MemBrick) Sends() int { b.mu.Lock(); defer b.mu.Unlock(); return b.sends }
+
+// WaitApplied waits until the brick applied seq (or ctx ends).
+func (b *MemBrick) WaitApplied(ctx context.Context, seq uint64) error {
+	for {
+		b.mu.Lock()
+		applied, ch := b.applied, b.changed
+		b.mu.Unlock()
+		if applied >= seq {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("brick %s at seq %d, waiting for %d: %w", b.id, applied, seq, ctx.Err())
+		}
+	}
+}
+
+func (b *MemBrick) with(f func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f()
+}
+
+// receive applies a batch sent on s and acknowledges it.
+func (b *MemBrick) receive(s *memStream, ops []*brickpb.Op) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.cur != s {
+		return errors.New("stream broken")
+	}
+	b.sends++
+	ack := &brickpb.ReplicateAck{}
+	for _, op := range ops {
+		if op.Epoch < b.promised {
+			ack.Error = fmt.Sprintf("op seq %d at epoch %d: stale epoch, promised epoch %d", op.Seq, op.Epoch, b.promised)
+			ack.Errno = uint32(syscall.ESTALE)
+			break
+		}
+		if op.Seq != b.applied+1 {
+			b.faults = append(b.faults, fmt.Sprintf("got seq %d after %d", op.Seq, b.applied))
+			ack.Error = fmt.Sprintf("gap: got seq %d after %d", op.Seq, b.applied)
+			ack.Errno = uint32(syscall.EINVAL)
+			break
+		}
+		var r *brickpb.OpResult
+		if b.apply != nil {
+			r = b.apply(op)
+		}
+		if r == nil {
+			r = &brickpb.OpResult{}
+		}
+		r.Seq = op.Seq
+		b.ops = append(b.ops, op)
+		b.applied = op.Seq
+		if op.Type == brickpb.OpType_OP_SYNC {
+			b.synced = b.applied
+		}
+		ack.Results = append(ack.Results, r)
+	}
+	ack.AppliedSeq, ack.SyncedSeq = b.applied, b.synced
+	close(b.changed)
+	b.changed = make(chan struct{})
+	if !b.drop {
+		s.push(ack, b.hold)
+	}
+	if ack.Error != "" { // fatal for the stream
+		s.end(io.EOF, false)
+		b.cur = nil
+	}
+	return nil
+}
+
+// memStream is the head's end of a brick's stream.
+type memStream struct {
+	b    *MemBrick
+	mu   sync.Mutex
+	cond *sync.Cond
+	acks []*brickpb.ReplicateAck
+	held []*brickpb.ReplicateAck
+	err  error
+}
+
+func (s *memStream) Send(ops []*brickpb.Op) error {
+	s.mu.Lock()
+	err := s.err
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return s.b.receive(s, ops)
+}
+
+func (s *memStream) Recv() (*brickpb.ReplicateAck, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.acks) == 0 && s.err == nil {
+		s.cond.Wait()
+	}
+	if len(s.acks) > 0 {
+		a := s.acks[0]
+		s.acks = s.acks[1:]
+		return a, nil
+	}
+	return nil, s.err
+}
+
+func (s *memStream) Close() error {
+	s.end(errors.New("stream closed by the head"), true)
+	return nil
+}
+
+func (s *memStream) push(a *brickpb.ReplicateAck, hold bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
+	}
+	if hold {
+		s.held = append(s.held, a)
+		return
+	}
+	s.acks = append(s.acks, a)
+	s.cond.Broadcast()
+}
+
+func (s *memStream) release() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.acks = append(s.acks, s.held...)
+	s.held = nil
+	s.cond.Broadcast()
+}
+
+// end stops the stream with err; lose drops the acks not yet received.
+func (s *memStream) end(err error, lose bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil {
+		s.err = err
+	}
+	if lose {
+		s.acks, s.held = nil, nil
+	}
+	s.cond.Broadcast()
+}
