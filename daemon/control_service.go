@@ -22,8 +22,17 @@ type controlService struct {
 	d *Daemon
 }
 
-// leaderAddr is the leader's gRPC address, or "" when this daemon leads.
-func (d *Daemon) leaderAddr() (string, error) {
+// leaderWait is how long a request waits for an election in progress
+// before it is refused for want of a leader.
+const leaderWait = 3 * time.Second
+
+// leaderAddr is the leader's gRPC address, or "" when this daemon leads. An
+// election in progress is waited for, up to leaderWait.
+func (d *Daemon) leaderAddr(ctx context.Context) (string, error) {
+	deadline := time.Now().Add(leaderWait)
+	for d.node.Leader() == "" && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if d.node.IsLeader() {
 		return "", nil
 	}
@@ -71,7 +80,7 @@ func onLeader[Req headered, Resp any](ctx context.Context, d *Daemon, req Req,
 	local func(context.Context, Req) (Resp, error),
 	remote func(context.Context, brickpb.ControlClient, Req) (Resp, error)) (Resp, error) {
 	var zero Resp
-	addr, err := d.leaderAddr()
+	addr, err := d.leaderAddr(ctx)
 	if err != nil {
 		return zero, err
 	}

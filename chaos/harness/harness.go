@@ -201,6 +201,9 @@ func (d *Daemon) Running() bool {
 	return d.cmd != nil
 }
 
+// Cluster is the cluster the daemon belongs to.
+func (d *Daemon) Cluster() *Cluster { return d.c }
+
 // GossipAddr is what BRICK_PEERS names to join through this daemon.
 func (d *Daemon) GossipAddr() string { return d.IP }
 
