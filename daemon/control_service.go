@@ -75,27 +75,34 @@ func (d *Daemon) quorumNote() string {
 	return fmt.Sprintf("%d of %d Raft voters reachable, %d needed for a quorum", up, voters, voters/2+1)
 }
 
-// onLeader runs local on the leader, or forwards the request there.
+// onLeader runs local on the leader, or forwards the request there. A
+// leadership change noticed before anything was proposed (the barrier) is
+// retried against the new leader.
 func onLeader[Req headered, Resp any](ctx context.Context, d *Daemon, req Req,
 	local func(context.Context, Req) (Resp, error),
 	remote func(context.Context, brickpb.ControlClient, Req) (Resp, error)) (Resp, error) {
 	var zero Resp
-	addr, err := d.leaderAddr(ctx)
-	if err != nil {
-		return zero, err
-	}
-	if addr == "" {
+	for attempt := 0; ; attempt++ {
+		addr, err := d.leaderAddr(ctx)
+		if err != nil {
+			return zero, err
+		}
+		if addr != "" {
+			c, err := d.peers.control(addr)
+			if err != nil {
+				return zero, err
+			}
+			req.GetHeader().Hops++
+			return remote(ctx, c, req)
+		}
 		if err := d.node.Barrier(ctx); err != nil {
+			if errors.Is(err, control.ErrNotLeader) && attempt < 3 {
+				continue
+			}
 			return zero, err
 		}
 		return local(ctx, req)
 	}
-	c, err := d.peers.control(addr)
-	if err != nil {
-		return zero, err
-	}
-	req.GetHeader().Hops++
-	return remote(ctx, c, req)
 }
 
 func (s *controlService) ClusterStatus(ctx context.Context, req *brickpb.ClusterStatusRequest) (*brickpb.ClusterStatusResponse, error) {
