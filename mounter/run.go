@@ -109,7 +109,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		hc.Placement = append(hc.Placement, p.BrickId)
 	}
 	hc.ISR, hc.MinISR = isr, int(vol.MinIsr)
-	hc.Primary = cfg.BrickID
+	if slices.Contains(hc.Placement, cfg.BrickID) {
+		hc.Primary = cfg.BrickID // read from the local replica when there is one
+	}
 	if cfg.ReplicaTimeout > 0 {
 		hc.ReplicaTimeout = cfg.ReplicaTimeout
 	}
