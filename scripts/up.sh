@@ -28,15 +28,24 @@ echo -n "waiting for the cluster to be healthy"
 for _ in $(seq 1 120); do
   if BRICK_SOCKET=$sock1 ./bin/brick --json peer ls 2>/dev/null | grep -o '"raft_role": *"\(leader\|voter\)"' | wc -l | grep -qx 3; then
     echo " ok"
-    BRICK_SOCKET=$sock1 ./bin/brick status
+    export BRICK_SOCKET=$sock1
+    ./bin/brick volume inspect demo >/dev/null 2>&1 || ./bin/brick volume create demo --replicas 3 --size 1G
+    mnt="$dev/mnt/demo"
+    mkdir -p "$mnt"
+    if ! grep -q " $mnt fuse" /proc/mounts; then
+      ./bin/brick --timeout 60s volume mount demo "$mnt"
+    fi
+    ./bin/brick status
     cat <<MSG
 
 brick is up: three daemons on 127.0.0.1-3, data and logs under $dev.
+Volume "demo" (3 replicas) is mounted at $mnt: every fsync'd byte is on three bricks.
 Try:
   export BRICK_SOCKET=$sock1
+  echo hello > $mnt/hello; sync; cat $mnt/hello
+  ./bin/brick volume status demo
   ./bin/brick peer ls
-  ./bin/brick volume create demo --replicas 3 --size 1G
-  ./bin/brick volume inspect demo
+  ./bin/brick volume create data --replicas 2 --size 1G
   BRICK_SERVER=127.0.0.2 BRICK_CLUSTER_KEY=\$(cat $dev/cluster-key) ./bin/brick volume ls
 Stop it with: make down
 MSG
