@@ -25,6 +25,7 @@ const (
 	netBrickStop
 	netMinISR
 	netSQLite
+	netDaemonRestart
 )
 
 // posixSkips are the posixtest cases that cannot pass on any brick mount;
@@ -376,4 +377,81 @@ func TestSQLiteOnMount(t *testing.T) {
 	if got := run("PRAGMA integrity_check;"); got != "ok" {
 		t.Errorf("integrity_check: %s", got)
 	}
+}
+
+// Design "Mount process": restarting (SIGTERM, then kill -9) the brickd of
+// the mounting host under a running writer pauses I/O at most; nothing the
+// writer was acknowledged is lost, and the mount never breaks.
+func TestDaemonRestartUnderMount(t *testing.T) {
+	needFUSE(t)
+	cl := harness.New(t, netDaemonRestart)
+	ds := startThree(t, cl)
+	createVolume(t, ds[0], "busy", "--replicas", "3", "--size", "2G")
+	dir := mount(t, ds[0], "busy")
+	vol := volumeOf(t, ds[0], "busy")
+	l := &ledger{files: map[string][32]byte{}}
+	stop := make(chan struct{})
+	type result struct {
+		longest time.Duration
+		n       int
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		lg, n, err := writer(t, dir, l, stop)
+		done <- result{lg, n, err}
+	}()
+	progress := func(what string, more int) {
+		l.mu.Lock()
+		before := len(l.files)
+		l.mu.Unlock()
+		harness.Eventually(t, 60*time.Second, what, func() (bool, string) {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return len(l.files) >= before+more, fmt.Sprint(len(l.files), " files")
+		})
+	}
+	progress("the writer makes progress", 20)
+	for _, how := range []string{"SIGTERM", "SIGKILL"} {
+		if how == "SIGTERM" {
+			ds[0].Term()
+		} else {
+			ds[0].Kill()
+		}
+		t.Logf("%s to brickd on the mounting host %s", how, ds[0].Name)
+		ds[0].Start()
+		progress("the writer carries on after the "+how+" restart", 20)
+	}
+	close(stop)
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("writer failed across brickd restarts: %v", r.err)
+	}
+	t.Logf("%d files written with fsync across two brickd restarts; longest file (write+fsync) took %v", r.n, r.longest.Round(time.Millisecond))
+	var dirs []string
+	for _, d := range ds {
+		dirs = append(dirs, replicaDir(d, vol.ID))
+	}
+	v := volumeOf(t, ds[1], "busy")
+	t.Logf("after the restarts: state %s, ISR %v", v.State, v.ISR)
+	if os.Getenv("BRICK_DEBUG_FAIL") != "" {
+		t.Fatal("debug")
+	}
+	checkLedger(t, l, dir)
+	// Every brick still in the ISR holds every acknowledged file.
+	for i, d := range ds {
+		for _, id := range v.ISR {
+			if p := brickIDOf(t, d); p == id {
+				checkLedger(t, l, dirs[i])
+			}
+		}
+	}
+}
+
+func brickIDOf(t *testing.T, d *harness.Daemon) string {
+	b, err := os.ReadFile(filepath.Join(d.DataDir, "brick-id"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"fmt"
+	"os"
+	"slices"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -22,17 +24,21 @@ type replicas struct {
 
 func (rs *replicas) lookup(volumeID string) (*replica.Replica, error) {
 	st := rs.d.node.FSM().State()
-	v, ok := st.Volumes[control.VolumeID(volumeID)]
-	if !ok {
+	name := volumeID
+	if _, dead := st.Tombstones[control.VolumeID(volumeID)]; dead {
+		return nil, status.Errorf(codes.NotFound, "volume %s was deleted", volumeID)
+	}
+	if v, ok := st.Volumes[control.VolumeID(volumeID)]; ok {
+		name = v.Name
+		if !slices.Contains(v.Placement, rs.d.id) {
+			return nil, status.Errorf(codes.NotFound, "volume %s (%s) has no replica on brick %s", v.Name, volumeID, rs.d.id)
+		}
+	} else if p, err := rs.d.store.Path(volumeID); err != nil || !dirExists(p) {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not in the catalog", volumeID)
 	}
-	placed := false
-	for _, b := range v.Placement {
-		placed = placed || b == rs.d.id
-	}
-	if !placed {
-		return nil, status.Errorf(codes.NotFound, "volume %s (%s) has no replica on brick %s", v.Name, volumeID, rs.d.id)
-	}
+	// Otherwise the replica exists on disk but this daemon, just restarted,
+	// has not replayed the catalog that far yet: serve it, so a restart of
+	// brickd costs the mounts of this host a pause, not a replica.
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	if r, ok := rs.m[volumeID]; ok {
@@ -42,9 +48,9 @@ func (rs *replicas) lookup(volumeID string) (*replica.Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := replica.OpenReplica(dir, replica.ReplicaOptions{Logger: rs.d.log.With("volume", v.Name)})
+	r, err := replica.OpenReplica(dir, replica.ReplicaOptions{Logger: rs.d.log.With("volume", name)})
 	if err != nil {
-		return nil, fmt.Errorf("opening the replica of %s: %w", v.Name, err)
+		return nil, fmt.Errorf("opening the replica of %s: %w", name, err)
 	}
 	rs.m[volumeID] = r
 	return r, nil
@@ -67,4 +73,9 @@ func (rs *replicas) closeAll() {
 		r.Close()
 		delete(rs.m, id)
 	}
+}
+
+func dirExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
 }

@@ -63,6 +63,9 @@
 //   - The kernel reads security.capability before every write(2). With the
 //     writeback cache, its absence is cached per node until this mount sets
 //     or removes it, so writes do not each cost a backend query.
+//   - Names are at most 255 bytes (ENAMETOOLONG). An open(O_CREAT) that
+//     races another creator of the name opens the existing file, with the
+//     permission check and O_TRUNC the kernel then skips done here.
 //   - O_TMPFILE is not supported (EOPNOTSUPP): the protocol has no op that
 //     creates a file in no directory.
 //   - Interrupts are not honoured: every backend call runs to completion,

@@ -31,6 +31,7 @@ func memFactory() backendFactory {
 
 // suites runs fn once per backend kind available.
 func suites(t *testing.T, fn func(t *testing.T, open func() backendFactory)) {
+	requireFUSE(t)
 	t.Run("mem", func(t *testing.T) { fn(t, memFactory) })
 	for name, f := range extraBackends {
 		t.Run(name, func(t *testing.T) { fn(t, func() backendFactory { return f(t) }) })
@@ -622,10 +623,10 @@ func (b *hideOnce) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brickpb
 func TestCreateRacingCreator(t *testing.T) {
 	suites(t, func(t *testing.T, open func() backendFactory) {
 		inner := open()(t)
-		_, dir := mount(t, inner, Options{})
+		srv, dir := mount(t, inner, Options{})
 		write(t, filepath.Join(dir, "racy"), "old content")
 		ino := stat(t, filepath.Join(dir, "racy")).Ino
-		if err := srvUnmountAll(t); err != nil {
+		if err := srv.Unmount(); err != nil {
 			t.Fatal(err)
 		}
 		_, dir = mount(t, &hideOnce{Backend: inner, name: "racy"}, Options{})
@@ -645,8 +646,10 @@ func TestCreateRacingCreator(t *testing.T) {
 		if got := stat(t, p).Ino; got != ino {
 			t.Errorf("inode %d, want the existing file's %d", got, ino)
 		}
-		if _, err := os.OpenFile(filepath.Join(dir, "other"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err != nil {
+		if f, err := os.OpenFile(filepath.Join(dir, "other"), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644); err != nil {
 			t.Fatal(err)
+		} else {
+			f.Close()
 		}
 	})
 }

@@ -118,6 +118,9 @@ func replay(ctx context.Context, c *conns, volID string, epoch uint64, src, dst 
 			}
 			return fmt.Errorf("reading the op log of %s: %w", src.id, err)
 		}
+		// A brick takes ops only at its stream's epoch: the new head
+		// re-stamps the history it adopts.
+		op.Epoch = epoch
 		if err := out.Send(&brickpb.ReplicateRequest{Ops: []*brickpb.Op{op}}); err != nil {
 			return fmt.Errorf("sending to %s: %w", dst.id, err)
 		}

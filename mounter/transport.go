@@ -2,8 +2,11 @@ package mounter
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -48,7 +51,68 @@ func (t *transport) Open(ctx context.Context, brick string, epoch uint64) (head.
 		cancel()
 		return nil, head.Position{}, classify(fmt.Errorf("opening the replication stream to %s: %w", brick, err))
 	}
-	return &stream{st: st, cancel: cancel, brick: brick}, head.Position{Applied: f.AppliedSeq, Synced: f.SyncedSeq}, nil
+	// NeedsFullHeal stays empty: FenceResponse does not carry the
+	// replica's suspect mark yet.
+	return &stream{st: st, cancel: cancel, brick: brick},
+		head.Position{Applied: f.AppliedSeq, Synced: f.SyncedSeq, AppliedEpoch: f.AppliedEpoch}, nil
+}
+
+// OpsSince streams source's op log after afterSeq (Replica.OpsSince at
+// epoch) to fn, for heal. A stale epoch comes back wrapping
+// head.ErrStaleEpoch; a log that no longer holds afterSeq+1 as a
+// *head.LogTruncatedError.
+func (t *transport) OpsSince(ctx context.Context, source string, epoch, afterSeq uint64, fn func(*brickpb.Op) error) error {
+	addr, ok := t.addrs[source]
+	if !ok {
+		return fmt.Errorf("brick %s has no known address", source)
+	}
+	cc, err := t.c.get(addr)
+	if err != nil {
+		return err
+	}
+	rc := brickpb.NewReplicaClient(cc)
+	ref := &brickpb.VolumeRef{Header: t.c.header(), VolumeId: t.volID, Epoch: epoch}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel() // also ends the stream when fn stops early
+	st, err := rc.OpsSince(sctx, &brickpb.OpsSinceRequest{Ref: ref, AfterSeq: afterSeq})
+	for err == nil {
+		var op *brickpb.Op
+		if op, err = st.Recv(); err == nil {
+			if ferr := fn(op); ferr != nil {
+				return ferr
+			}
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return t.logError(ctx, rc, ref, source, afterSeq, err)
+}
+
+// logError classifies a failed op log read. OutOfRange is either a
+// truncated log or a source behind afterSeq (a gap); the source's Fence at
+// the head's own epoch (which changes nothing there, the brick promised it
+// already) reports its log's first seq and its applied seq, which tell them
+// apart.
+func (t *transport) logError(ctx context.Context, rc brickpb.ReplicaClient, ref *brickpb.VolumeRef, source string, afterSeq uint64, err error) error {
+	wrapped := classify(fmt.Errorf("reading the op log of %s after seq %d: %w", source, afterSeq, err))
+	if status.Code(err) != codes.OutOfRange {
+		return wrapped
+	}
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	f, ferr := rc.Fence(fctx, &brickpb.FenceRequest{Ref: ref})
+	switch {
+	case ferr != nil:
+		return &head.LogTruncatedError{Source: source, AfterSeq: afterSeq, Err: wrapped} // most likely
+	case f.PromisedEpoch > ref.Epoch:
+		return fmt.Errorf("brick %s promised epoch %d: %w: %w", source, f.PromisedEpoch, head.ErrStaleEpoch, wrapped)
+	case afterSeq > f.AppliedSeq:
+		return fmt.Errorf("brick %s has applied only %d: %w", source, f.AppliedSeq, wrapped)
+	case f.LogFirstSeq == 0 || afterSeq+1 < f.LogFirstSeq:
+		return &head.LogTruncatedError{Source: source, AfterSeq: afterSeq, FirstSeq: f.LogFirstSeq, Err: wrapped}
+	}
+	return wrapped // the log covers it now: worth a retry
 }
 
 type stream struct {

@@ -189,6 +189,10 @@ func (r *Replica) chunkSums(fid uint64, locked bool) (sums []uint32, size int64,
 	buf := make([]byte, ChunkSize)
 	var readErr error
 	for i := uint64(0); i < n; i++ {
+		if i%64 == 63 && r.checkOpen() != nil {
+			readErr = ErrClosed
+			break
+		}
 		want := uint32(min(ChunkSize, size-int64(i)*ChunkSize))
 		if sv, ok := stored[i]; ok && sv.n == want {
 			sums[i] = sv.crc

@@ -2,7 +2,10 @@ package replica
 
 import (
 	"errors"
+
+	bolt "go.etcd.io/bbolt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -174,7 +177,20 @@ func TestUncleanRebootMakesSuspect(t *testing.T) {
 	must(t, r, createOp(1, "f", 2, 0o644))
 	must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_SYNC})
 	must(t, r, writeOp(2, 0, "unsynced"))
+	must(t, r, mkdirOp(1, "d", 3, 0o755))
+	must(t, r, mkdirOp(3, "e", 4, 0o755))
+	must(t, r, renameOp(1, "d", 1, "moved", 0))
 	r.crash()
+	// A torn meta.db could lose directory records: the tree is the truth.
+	db, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error {
+		tx.Bucket(bucketDirs).Delete(u64Key(3))
+		return tx.Bucket(bucketDirs).Put(u64Key(4), encodeDirRec(dirRec{parent: 1, name: "wrong"}))
+	})
+	db.Close()
 	old := bootID
 	bootID = func() string { return "another-boot" }
 	defer func() { bootID = old }()
@@ -184,6 +200,10 @@ func TestUncleanRebootMakesSuspect(t *testing.T) {
 	}
 	if _, synced, _, _ := r.State(); synced != 2 {
 		t.Errorf("synced %d, want 2", synced)
+	}
+	must(t, r, createOp(4, "f", 5, 0o644))
+	if a, e := lookup(t, r, 1, "moved"); e != 0 || a.Fid != 3 {
+		t.Errorf("after the rebuild: /moved = %v %v", a, e)
 	}
 	if err := r.ClearSuspect(); err != nil {
 		t.Fatal(err)
@@ -195,6 +215,36 @@ func TestUncleanRebootMakesSuspect(t *testing.T) {
 	defer r.Close()
 	if s := r.Suspect(); s != "" {
 		t.Errorf("still suspect after ClearSuspect and a clean restart: %s", s)
+	}
+}
+
+// TestTreeWithoutMetaDB: a data/ tree whose meta.db is gone is indexed
+// from its tags, and marked suspect.
+func TestTreeWithoutMetaDB(t *testing.T) {
+	dir := t.TempDir()
+	r := openTest(t, dir, ReplicaOptions{})
+	must(t, r, mkdirOp(1, "d", 7, 0o755))
+	must(t, r, createOp(7, "f", 9, 0o644))
+	want := digest(t, r)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "meta.db")); err != nil {
+		t.Fatal(err)
+	}
+	r = openTest(t, dir, ReplicaOptions{})
+	defer r.Close()
+	if r.Suspect() == "" {
+		t.Errorf("not suspect without its meta.db")
+	}
+	if _, _, _, maxFID := r.State(); maxFID != 9 {
+		t.Errorf("max fid %d, want 9", maxFID)
+	}
+	if a, e := lookup(t, r, 7, "f"); e != 0 || a.Fid != 9 {
+		t.Errorf("lookup in a rebuilt directory: %v %v", a, e)
+	}
+	if got := digest(t, r); got != want {
+		t.Errorf("the tree changed")
 	}
 }
 
@@ -237,5 +287,60 @@ func TestLocalFailureThenRetry(t *testing.T) {
 	do(t, r, createOp(1, "g", 3, 0o640))
 	if r.Suspect() == "" {
 		t.Errorf("a different op in place of a half-applied one must make the replica suspect")
+	}
+}
+
+// TestReadersRaceApply runs lookups, listings, reads, checksums and log
+// scans while random ops are applied: no reader may fail other than with
+// a POSIX errno.
+func TestReadersRaceApply(t *testing.T) {
+	seed := testSeed(t)
+	ops, _ := genOps(t, seed, 1500)
+	r := newTest(t)
+	done := make(chan struct{})
+	errs := make(chan error, 16)
+	for w := range 4 {
+		go func() {
+			rng := rand.New(rand.NewPCG(seed, uint64(w)))
+			ref := &brickpb.VolumeRef{Epoch: 1}
+			for {
+				select {
+				case <-done:
+					errs <- nil
+					return
+				default:
+				}
+				fid := uint64(1 + rng.IntN(200))
+				var err error
+				switch rng.IntN(5) {
+				case 0:
+					_, err = r.Meta(t.Context(), &brickpb.MetaRequest{Ref: ref, Kind: brickpb.MetaKind_META_READDIR, Fid: fid})
+				case 1:
+					_, err = r.Meta(t.Context(), &brickpb.MetaRequest{Ref: ref, Kind: brickpb.MetaKind_META_LOOKUP, Parent: fid, Name: genNames[rng.IntN(len(genNames))]})
+				case 2:
+					_, err = r.Read(t.Context(), &brickpb.ReadRequest{Ref: ref, Fid: fid, Size: 4096})
+				case 3:
+					if _, _, err = r.ChunkSums(fid); err != nil {
+						if _, ok := errnoOf(err); ok && !errors.Is(err, ErrLocalFailure) {
+							err = nil
+						}
+					}
+				case 4:
+					applied, _, _, _ := r.State()
+					_, err = r.OpsSince(applied / 2)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	applyBatches(t, r, ops, rand.New(rand.NewPCG(seed, 9)))
+	close(done)
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Errorf("reader: %v", err)
+		}
 	}
 }

@@ -69,8 +69,8 @@ func (r *Replica) opTruncate(op *brickpb.Op) (*brickpb.Attr, error) {
 // and INSERT_RANGE shift data, so applying them twice (crash redo) would
 // not converge: EOPNOTSUPP, which the FUSE layer passes on.
 var fallocateModes = map[uint32]bool{
-	0:                         true,
-	unix.FALLOC_FL_KEEP_SIZE:  true,
+	0:                        true,
+	unix.FALLOC_FL_KEEP_SIZE: true,
 	unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE: true,
 	unix.FALLOC_FL_ZERO_RANGE:                            true,
 	unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE: true,

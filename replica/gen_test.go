@@ -68,9 +68,9 @@ func (g *opGen) entry(dir uint64) (string, *brickpb.DirEntry) {
 
 var genNames = []string{"a", "b", "c", "d", "e", "f"}
 
-func (g *opGen) name() string       { return genNames[g.rng.IntN(len(genNames))] }
-func (g *opGen) dir() uint64 { return g.live(&g.dirs, 1) }
-func (g *opGen) pick(n int) int     { return g.rng.IntN(n) }
+func (g *opGen) name() string          { return genNames[g.rng.IntN(len(genNames))] }
+func (g *opGen) dir() uint64           { return g.live(&g.dirs, 1) }
+func (g *opGen) pick(n int) int        { return g.rng.IntN(n) }
 func (g *opGen) chance(p float64) bool { return g.rng.Float64() < p }
 
 func (g *opGen) file() uint64 {

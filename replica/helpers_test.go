@@ -27,6 +27,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 
 func openTest(t testing.TB, dir string, opts ReplicaOptions) *Replica {
 	t.Helper()
+	needRoot(t)
 	if opts.Logger == nil {
 		opts.Logger = testLogger(t)
 	}
@@ -123,7 +124,8 @@ func readAll(t testing.TB, r *Replica, fid uint64) (string, syscall.Errno) {
 func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("SKIPPED: needs root (chown, mknod of devices, trusted.* xattrs); CI runs as root")
+		t.Skip("SKIPPED: needs root: a replica tags every inode with a trusted.* xattr (CAP_SYS_ADMIN), " +
+			"and ops chown and mknod; CI runs as root")
 	}
 }
 
@@ -180,8 +182,8 @@ func (r *Replica) crash() {
 		r.progress = nil
 	}
 	r.mu.Unlock()
+	r.readers.Wait()
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
-	r.readers.Wait()
 	r.release()
 }

@@ -103,10 +103,9 @@ func (r *Replica) logged(seq uint64) (*brickpb.Op, error) {
 // each in its own short read transaction, so a slow fn never holds
 // meta.db. The ops passed to fn are fn's to keep.
 func (r *Replica) ScanOps(after uint64, fn func(*brickpb.Op) error) error {
-	if err := r.enter(); err != nil {
+	if err := r.checkOpen(); err != nil {
 		return err
 	}
-	defer r.exit()
 	r.mu.Lock()
 	applied := r.applied
 	r.mu.Unlock()
@@ -116,6 +115,9 @@ func (r *Replica) ScanOps(after uint64, fn func(*brickpb.Op) error) error {
 	next := after + 1
 	for next <= applied {
 		var batch []*brickpb.Op
+		if err := r.enter(); err != nil { // per slice: a slow fn never holds Close off
+			return err
+		}
 		err := r.db.View(func(tx *bolt.Tx) error {
 			c := tx.Bucket(bucketLog).Cursor()
 			size := 0
@@ -143,6 +145,7 @@ func (r *Replica) ScanOps(after uint64, fn func(*brickpb.Op) error) error {
 			}
 			return nil
 		})
+		r.exit()
 		if err != nil {
 			return err
 		}

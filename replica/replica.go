@@ -112,17 +112,17 @@ type Replica struct {
 
 	applyMu sync.Mutex // serialises Apply, Sync, Fence, commits, Close
 	// Guarded by applyMu.
-	intent   intentRec   // of the last exact op started
-	failed   *brickpb.Op // the op that failed locally, possibly half done
-	logFirst uint64      // oldest seq in the op log, 0: empty (also under mu)
-	logLast  uint64      // newest seq in the op log (also under mu)
-	logBytes int64       // (also under mu)
-	sumDrops map[uint64][]chunkRange   // checksums made stale since the last commit
-	sumPuts  map[[2]uint64]sumVal      // (fid, chunk) -> checksums computed since then
-	watch    map[uint64]*chunkWatch    // fids whose checksums are being computed
+	intent   intentRec                // of the last exact op started
+	failed   *brickpb.Op              // the op that failed locally, possibly half done
+	logFirst uint64                   // oldest seq in the op log, 0: empty (also under mu)
+	logLast  uint64                   // newest seq in the op log (also under mu)
+	logBytes int64                    // (also under mu)
+	sumDrops map[uint64][]chunkRange  // checksums made stale since the last commit
+	sumPuts  map[[2]uint64]sumVal     // (fid, chunk) -> checksums computed since then
+	watch    map[uint64]*chunkWatch   // fids whose checksums are being computed
 	hook     func(point string) error // tests: crash injection, nil otherwise
 
-	mu sync.Mutex // guards the fields below; never held across I/O
+	mu           sync.Mutex // guards the fields below; never held across I/O
 	applied      uint64
 	appliedEpoch uint64
 	synced       uint64
@@ -212,7 +212,7 @@ func (r *Replica) open() error {
 	if err != nil {
 		return fmt.Errorf("opening meta.db: %w", err)
 	}
-	clean, prevBoot, err := r.load()
+	clean, prevBoot, newDB, err := r.load()
 	if err != nil {
 		return err
 	}
@@ -223,6 +223,12 @@ func (r *Replica) open() error {
 	}
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
+	if ents, err := listDir(r.dataFD); err == nil && newDB && len(ents) > 0 {
+		r.setSuspect("data/ was found without its meta.db: position and op log are lost; needs a full heal")
+		if err := r.rebuildIndex(); err != nil {
+			return err
+		}
+	}
 	return r.commit(true, func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
 		if err := m.Put(keyClean, []byte{0}); err != nil {
@@ -233,7 +239,7 @@ func (r *Replica) open() error {
 }
 
 // load creates the buckets if needed and reads the counters.
-func (r *Replica) load() (clean bool, boot string, err error) {
+func (r *Replica) load() (clean bool, boot string, newDB bool, err error) {
 	err = r.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketDirs, bucketLog, bucketSums} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -242,6 +248,7 @@ func (r *Replica) load() (clean bool, boot string, err error) {
 		}
 		m := tx.Bucket(bucketMeta)
 		if v := m.Get(keyFormat); v == nil {
+			newDB = true
 			if err := m.Put(keyFormat, u64Key(metaFormat)); err != nil {
 				return err
 			}
@@ -289,7 +296,7 @@ func (r *Replica) load() (clean bool, boot string, err error) {
 		}
 		return nil
 	})
-	return clean, boot, err
+	return clean, boot, newDB, err
 }
 
 // recover runs after an unclean shutdown: it finishes the logged ops
@@ -313,6 +320,9 @@ func (r *Replica) recover(prevBoot string) error {
 		}
 		r.setSuspect(fmt.Sprintf("unclean shutdown across a reboot: the tree may differ from applied seq %d "+
 			"(only synced seq %d is certain); needs a full heal", r.applied, r.synced))
+		if err := r.rebuildIndex(); err != nil {
+			return err
+		}
 		if err := r.db.Update(func(tx *bolt.Tx) error {
 			if err := tx.DeleteBucket(bucketSums); err != nil {
 				return err
@@ -554,9 +564,9 @@ func (r *Replica) Close() error {
 		r.progress = nil
 	}
 	r.mu.Unlock()
+	r.readers.Wait() // before applyMu: a reader (ChunkSums) may be waiting for it
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
-	r.readers.Wait()
 	_, err := r.syncLocked()
 	if err == nil {
 		err = r.commit(true, func(tx *bolt.Tx) error {

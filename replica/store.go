@@ -55,6 +55,16 @@ func (s *Store) Ensure(id string) (string, error) {
 	return p, nil
 }
 
+// OpenReplica creates the replica of volume id if needed (Ensure) and
+// opens it (the package-level OpenReplica).
+func (s *Store) OpenReplica(id string, opts ReplicaOptions) (*Replica, error) {
+	p, err := s.Ensure(id)
+	if err != nil {
+		return nil, err
+	}
+	return OpenReplica(p, opts)
+}
+
 // Remove deletes the replica of volume id and everything in it. Removing a
 // missing replica is not an error.
 func (s *Store) Remove(id string) error {

@@ -44,3 +44,19 @@ func TestBadIDsRefused(t *testing.T) {
 		}
 	}
 }
+
+func TestStoreOpensReplicas(t *testing.T) {
+	needRoot(t)
+	s, _ := Open(t.TempDir())
+	r, err := s.OpenReplica("v-2", ReplicaOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if p, _ := s.Path("v-2"); r.Dir() != p {
+		t.Errorf("replica in %s, want %s", r.Dir(), p)
+	}
+	if _, err := s.OpenReplica("../x", ReplicaOptions{}); err == nil {
+		t.Errorf("opened a replica with a bad ID")
+	}
+}

@@ -88,9 +88,20 @@ func New(t testing.TB, subnet int) *Cluster {
 			d.signal(syscall.SIGKILL)
 			d.wait()
 		}
+		// Mount processes run in sessions of their own and outlive their
+		// brickd by design; a scenario must not leave them (or a mount a
+		// test goroutine is blocked on) behind.
+		for _, d := range c.All {
+			d.killMounts()
+		}
 		if t.Failed() {
 			for _, d := range c.All {
 				t.Logf("==== log of %s ====\n%s", d.Name, tail(d.Log(), 200))
+				logs, _ := filepath.Glob(filepath.Join(d.DataDir, "mounts", "*.log"))
+				for _, p := range logs {
+					b, _ := os.ReadFile(p)
+					t.Logf("==== mount log %s on %s ====\n%s", filepath.Base(p), d.Name, tail(string(b), 200))
+				}
 			}
 		}
 	})
@@ -199,6 +210,26 @@ func (d *Daemon) Running() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cmd != nil
+}
+
+// killMounts kills the daemon's mount processes (from brickd's records)
+// and lazily unmounts their mount points.
+func (d *Daemon) killMounts() {
+	recs, _ := filepath.Glob(filepath.Join(d.DataDir, "mounts", "*.json"))
+	for _, p := range recs {
+		var r struct {
+			PID int    `json:"pid"`
+			Dir string `json:"dir"`
+		}
+		b, _ := os.ReadFile(p)
+		if json.Unmarshal(b, &r) != nil {
+			continue
+		}
+		if r.PID > 0 {
+			syscall.Kill(r.PID, syscall.SIGKILL)
+		}
+		syscall.Unmount(r.Dir, syscall.MNT_DETACH)
+	}
 }
 
 // Cluster is the cluster the daemon belongs to.

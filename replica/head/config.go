@@ -16,8 +16,12 @@ const (
 	StateHealthy = "healthy"
 	// StateDegraded: the volume is writable but the ISR is smaller than the
 	// placement, or a brick is being dropped (a Raft proposal is pending or
-	// being retried).
+	// being retried), and no heal is making progress.
 	StateDegraded = "degraded"
+	// StateHealing: the volume is writable, and at least one placement brick
+	// outside the ISR is catching up (or joining the ISR). It takes
+	// precedence over degraded, which it implies.
+	StateHealing = "healing"
 	// StateReadOnly: keeping the promises would need an ISR below min-isr;
 	// mutations fail with EROFS until the cause is gone.
 	StateReadOnly = "read-only"
@@ -39,10 +43,42 @@ var (
 	ErrClosed = errors.New("head closed")
 	// ErrInvalid: the caller passed an op the head does not take.
 	ErrInvalid = errors.New("invalid op")
-	// ErrProtocol: a brick broke the replication protocol (for example it
-	// acknowledged an op without reporting its result).
-	ErrProtocol = errors.New("replication protocol violation")
+	// ErrNoResult: the op was applied, but every ISR brick's result for it
+	// was lost with a broken stream; the file system maps it to EIO.
+	ErrNoResult = errors.New("its result was lost with a broken stream")
+	// ErrLogTruncated is matched by every LogTruncatedError: a brick's op
+	// log no longer holds the ops a heal asked for.
+	ErrLogTruncated = errors.New("op log truncated")
 )
+
+// LogTruncatedError is what Transport.OpsSince returns when the source's op
+// log no longer holds the op after AfterSeq: the brick being healed needs a
+// full (checksum) resync unless another brick's log still covers it.
+type LogTruncatedError struct {
+	Source   string // the brick whose log was read
+	AfterSeq uint64 // the ops after this seq were asked for
+	FirstSeq uint64 // the oldest op still in the log; 0 when unknown
+	Err      error  // the transport's own error, if any
+}
+
+func (e *LogTruncatedError) Error() string {
+	s := fmt.Sprintf("the op log of %s no longer holds op %d", e.Source, e.AfterSeq+1)
+	if e.FirstSeq != 0 {
+		s = fmt.Sprintf("the op log of %s starts at %d, past op %d", e.Source, e.FirstSeq, e.AfterSeq+1)
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+// Unwrap makes errors.Is(err, ErrLogTruncated) hold (and exposes Err).
+func (e *LogTruncatedError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{ErrLogTruncated}
+	}
+	return []error{ErrLogTruncated, e.Err}
+}
 
 // FencedError says that this head's epoch is stale: a newer head exists and
 // this one can no longer write. The file system maps it to EIO.
@@ -112,6 +148,17 @@ type Config struct {
 	// MaxBatchBytes caps one stream message (the driver splits bigger
 	// batches; an op bigger than it travels alone).
 	MaxBatchBytes int
+	// HealRetry is how often the head tries again to open a stream to a
+	// placement brick outside the ISR that it could not reach (or that
+	// needs a full resync), and to read an op log after a failed read.
+	HealRetry time.Duration
+	// HealBytesPerSec throttles what heal sends each catching-up brick (ops
+	// from an op log and the head's retained ops alike; per brick, not
+	// for all of them together): a token bucket of
+	// one second's worth, full when the heal stream opens, an op going out
+	// whenever the bucket is not in debt. 0 means unlimited; DefaultConfig
+	// sets 64 MiB/s.
+	HealBytesPerSec int64
 	// Logger receives the machine's and driver's logs; nil discards.
 	Logger *slog.Logger
 }
@@ -128,6 +175,8 @@ func DefaultConfig() Config {
 		ReconnectBackoff:    50 * time.Millisecond,
 		MaxReconnectBackoff: 2 * time.Second,
 		MaxBatchBytes:       1 << 20,
+		HealRetry:           2 * time.Second,
+		HealBytesPerSec:     64 << 20,
 	}
 }
 
@@ -141,6 +190,7 @@ func LocalConfig() Config {
 	c.ReconnectBackoff = 10 * time.Millisecond
 	c.MaxReconnectBackoff = 200 * time.Millisecond
 	c.MaxInflightBytes = 8 << 20
+	c.HealRetry = 200 * time.Millisecond
 	return c
 }
 
@@ -168,6 +218,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxBatchBytes == 0 {
 		c.MaxBatchBytes = d.MaxBatchBytes
 	}
+	if c.HealRetry == 0 {
+		c.HealRetry = d.HealRetry
+	}
 	return c
 }
 
@@ -186,10 +239,12 @@ func (c Config) Validate() error {
 		return bad("MinISR", "is %d; it must be between 1 and the placement size %d", c.MinISR, len(c.Placement))
 	case c.Primary != "" && !slices.Contains(c.Placement, c.Primary):
 		return bad("Primary", "%q is not in the placement %v", c.Primary, c.Placement)
-	case c.ReplicaTimeout < 0, c.TickInterval < 0, c.ProposalRetry < 0, c.ReconnectBackoff < 0, c.MaxReconnectBackoff < 0:
+	case c.ReplicaTimeout < 0, c.TickInterval < 0, c.ProposalRetry < 0, c.ReconnectBackoff < 0, c.MaxReconnectBackoff < 0, c.HealRetry < 0:
 		return bad("timeouts", "must not be negative")
 	case c.MaxInflightBytes < 0 || c.MaxBatchBytes < 0:
 		return bad("MaxInflightBytes/MaxBatchBytes", "must not be negative")
+	case c.HealBytesPerSec < 0:
+		return bad("HealBytesPerSec", "is %d; it must be positive, or 0 for unlimited", c.HealBytesPerSec)
 	}
 	for i, id := range c.Placement {
 		if id == "" || strings.ContainsAny(id, " \t\n") {
@@ -227,6 +282,7 @@ type Status struct {
 	Queued           int // submissions waiting for window space
 	PendingSyncs     int
 	Bricks           []BrickStatus // ISR bricks, in ISR order
+	Heals            []HealStatus  // placement bricks outside the ISR, in placement order
 }
 
 // BrickStatus is one ISR brick as the head sees it.
@@ -238,4 +294,40 @@ type BrickStatus struct {
 	Lag     uint64 // LastSeq − Applied
 	Leaving string // why the head wants it out of the ISR, if it does
 	LastErr string // the last stream error
+}
+
+// Heal states of a placement brick outside the ISR (HealStatus.State).
+const (
+	// HealHealing: a stream is open and the brick is catching up (or
+	// joining the ISR).
+	HealHealing = "healing"
+	// HealNeedsFull: the op log cannot catch the brick up (truncated,
+	// diverged, or the brick says so); a full (checksum) resync must.
+	HealNeedsFull = "needs-full-heal"
+	// HealUnreachable: no stream to the brick; the head retries every
+	// HealRetry.
+	HealUnreachable = "unreachable"
+)
+
+// HealStatus is one placement brick outside the ISR as the head sees it.
+type HealStatus struct {
+	ID     string
+	State  string // HealHealing, HealNeedsFull, HealUnreachable
+	Stream string // up, opening, down
+	// Phase details HealHealing: "verifying" (checking the brick's last op
+	// against an op log), "op-log" (ops come from Source's op log),
+	// "retained" (from the head's retained ops), "joining" (proposed into
+	// the ISR).
+	Phase  string
+	Source string // the ISR brick whose op log is read, when one is
+	// Applied and Synced are the brick's acknowledged position; Target is
+	// the head's last sequenced op (it moves with new writes).
+	Applied, Synced, Target uint64
+	OpsRemaining            uint64
+	// BytesRemaining is exact for the ops the head retains and estimated
+	// (average op size so far) for those read from an op log; -1 unknown.
+	BytesRemaining int64
+	Rate           float64       // bytes/s acknowledged, recent (0: no sample yet)
+	ETA            time.Duration // -1 when unknown
+	Reason         string        // why it needs a full heal, or the last error
 }

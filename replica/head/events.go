@@ -49,11 +49,13 @@ type StreamDown struct {
 }
 
 // StreamUp reports that the stream Gen of Brick is open, and the brick's
-// position when it opened.
+// position when it opened (see Position).
 type StreamUp struct {
 	Brick           string
 	Gen             uint64
 	Applied, Synced uint64
+	AppliedEpoch    uint64
+	NeedsFullHeal   string
 }
 
 // Tick tells the machine the time. The first event of a machine must be a
@@ -87,6 +89,17 @@ type Fenced struct {
 // Stop ends the machine: every waiter completes with Err.
 type Stop struct{ Err error }
 
+// HealFetched answers the HealFetch Fetch of Brick: the ops read (in order,
+// the caller's to keep and modify), and the error that ended the read early
+// (nil when it delivered what was asked or everything the source had).
+// Ops read before an error are used.
+type HealFetched struct {
+	Brick string
+	Fetch uint64
+	Ops   []*brickpb.Op
+	Err   error
+}
+
 func (Submit) isEvent()            {}
 func (SyncReq) isEvent()           {}
 func (Cancel) isEvent()            {}
@@ -98,6 +111,7 @@ func (ISRCommitted) isEvent()      {}
 func (ISRProposalFailed) isEvent() {}
 func (Fenced) isEvent()            {}
 func (Stop) isEvent()              {}
+func (HealFetched) isEvent()       {}
 
 // Action is an output of Machine.Step, to be carried out in order.
 type Action interface{ isAction() }
@@ -150,7 +164,29 @@ type ISRChanged struct {
 	Primary string
 }
 
+// HealFetch asks the driver to read, in the background, Source's op log
+// after AfterSeq (Transport.OpsSince at the head's epoch), stopping after the
+// op UpTo or once MaxBytes were read, and to answer with exactly one
+// HealFetched for Fetch (unless CancelFetch came first).
+type HealFetch struct {
+	Brick    string // the brick being healed
+	Fetch    uint64
+	Source   string
+	AfterSeq uint64
+	UpTo     uint64
+	MaxBytes int64
+}
+
+// CancelFetch abandons the HealFetch Fetch of Brick; the machine ignores its
+// answer if it still comes.
+type CancelFetch struct {
+	Brick string
+	Fetch uint64
+}
+
 func (Send) isAction()         {}
+func (HealFetch) isAction()    {}
+func (CancelFetch) isAction()  {}
 func (Complete) isAction()     {}
 func (ProposeISR) isAction()   {}
 func (Reconnect) isAction()    {}

@@ -22,12 +22,29 @@ type Transport interface {
 	// stream's life. An error wrapping ErrStaleEpoch means the brick
 	// promised a newer epoch: the head is fenced.
 	Open(ctx context.Context, brick string, epoch uint64) (Stream, Position, error)
+	// OpsSince reads source's op log at epoch: it calls fn with every op
+	// after afterSeq up to the source's applied seq, in order, and stops
+	// at fn's first error, which it returns (wrapped or not). The ops are
+	// the caller's to keep and modify. Errors: a *LogTruncatedError
+	// (errors.Is ErrLogTruncated) when the log no longer holds
+	// afterSeq+1; one wrapping ErrStaleEpoch when the source promised a
+	// newer epoch (the head is fenced); anything else is worth a retry.
+	// Heal calls it from its own goroutine, concurrently with the streams.
+	OpsSince(ctx context.Context, source string, epoch, afterSeq uint64, fn func(*brickpb.Op) error) error
 }
 
 // Position is where a brick's replica stands when its stream opens.
 type Position struct {
 	Applied uint64 // last applied seq
 	Synced  uint64 // everything up to here is durable
+	// AppliedEpoch is the epoch of the op at Applied (0: unknown, or no
+	// op). Heal compares it with the op the volume committed at that seq:
+	// a brick that applied an op its ISR never had must be fully resynced.
+	AppliedEpoch uint64
+	// NeedsFullHeal, when set, is the brick's own word that its replica
+	// cannot be trusted beyond Synced (suspect after a power loss): heal
+	// will not catch it up from an op log.
+	NeedsFullHeal string
 }
 
 // Stream is one open Replicate stream. Send and Recv are each called from
@@ -36,8 +53,11 @@ type Position struct {
 // later Send and Recv calls return an error.
 type Stream interface {
 	// Send transmits ops, contiguous and ascending, continuing the stream.
+	// An error wrapping ErrStaleEpoch fences the head.
 	Send(ops []*brickpb.Op) error
-	// Recv returns the next acknowledgement.
+	// Recv returns the next acknowledgement. A final ack may come with the
+	// error that ends the stream (both are used); an error wrapping
+	// ErrStaleEpoch fences the head.
 	Recv() (*brickpb.ReplicateAck, error)
 	Close() error
 }
@@ -84,6 +104,7 @@ type Head struct {
 	m       *Machine
 	waiters map[uint64]chan completion
 	conns   map[connKey]*conn
+	fetches map[connKey]context.CancelFunc // by brick and fetch ID
 	watches []*watch
 }
 
@@ -153,6 +174,7 @@ func Start(ctx context.Context, cfg Config, tr Transport, ctl Control, clk Clock
 		primary: m.Primary(),
 		waiters: map[uint64]chan completion{},
 		conns:   map[connKey]*conn{},
+		fetches: map[connKey]context.CancelFunc{},
 	}
 	h.ctx, h.cancel = context.WithCancel(ctx)
 	h.afterSeq.Store(cfg.StartSeq)
@@ -168,7 +190,7 @@ func Start(ctx context.Context, cfg Config, tr Transport, ctl Control, clk Clock
 // op and op.Data: the caller must not modify or reuse them (go-fuse reuses
 // its write buffer — copy it). It blocks while the in-flight window is
 // full. Errors: FencedError, ReadOnlyError (syscall.EROFS), ErrClosed,
-// ErrInvalid, ErrProtocol, or ctx's error (the op may still be applied if it
+// ErrInvalid, ErrNoResult, or ctx's error (the op may still be applied if it
 // was already sequenced; the error says so).
 func (h *Head) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error) {
 	if op == nil || op.Type == brickpb.OpType_OP_UNSPECIFIED || op.Type == brickpb.OpType_OP_SYNC {
@@ -286,7 +308,8 @@ func (h *Head) WaitFor(ctx context.Context, cond func(Status) bool) (Status, err
 }
 
 // ObserveISR tells the head about an ISR committed in Raft by someone else
-// (heal re-adding a brick) or a newer epoch (which fences the head). index
+// (an external full heal re-adding a brick, which the head then takes as
+// new) or a newer epoch (which fences the head). index
 // is the Raft index (0 if unknown); older observations are ignored.
 func (h *Head) ObserveISR(epoch, index uint64, isr []string) {
 	h.post(ISRCommitted{Epoch: epoch, Index: index, ISR: append([]string(nil), isr...)})
@@ -311,8 +334,11 @@ func (h *Head) run() {
 		case r := <-h.reqs:
 			h.handle(r)
 		case ev := <-h.events:
-			if so, ok := ev.(streamOpened); ok {
-				ev = h.install(so)
+			switch e := ev.(type) {
+			case streamOpened:
+				ev = h.install(e)
+			case HealFetched:
+				delete(h.fetches, connKey{e.Brick, e.Fetch})
 			}
 			h.step(ev)
 		case <-tk.C():
@@ -347,6 +373,10 @@ func (h *Head) handle(r request) {
 
 func (h *Head) shutdown() {
 	h.step(Stop{Err: ErrClosed})
+	for k, cancel := range h.fetches {
+		cancel()
+		delete(h.fetches, k)
+	}
 	for k, c := range h.conns {
 		c.close()
 		delete(h.conns, k)
@@ -358,10 +388,17 @@ func (h *Head) shutdown() {
 }
 
 func (h *Head) step(ev Event) {
-	for _, a := range h.m.Step(ev) {
+	acts := h.m.Step(ev)
+	// Published before any Complete: Do's caller may read them at once.
+	h.afterSeq.Store(h.m.LastSeq())
+	if p := h.m.Primary(); p != h.primary { // h.primary is written only here
+		h.mu.Lock()
+		h.primary = p
+		h.mu.Unlock()
+	}
+	for _, a := range acts {
 		h.do(a)
 	}
-	h.afterSeq.Store(h.m.LastSeq())
 	if len(h.watches) == 0 {
 		return
 	}
@@ -401,14 +438,48 @@ func (h *Head) do(a Action) {
 			delete(h.conns, k)
 			c.close()
 		}
+	case HealFetch:
+		h.startFetch(a)
+	case CancelFetch:
+		k := connKey{a.Brick, a.Fetch}
+		if cancel := h.fetches[k]; cancel != nil {
+			delete(h.fetches, k)
+			cancel()
+		}
 	case StateChanged:
 		h.notify()
 	case ISRChanged:
-		h.mu.Lock()
-		h.primary = a.Primary
-		h.mu.Unlock()
 		h.notify()
 	}
+}
+
+// errFetched stops an op log read that got what it asked for.
+var errFetched = errors.New("read enough")
+
+// startFetch reads an op log for heal in the background and posts what it
+// read as one HealFetched.
+func (h *Head) startFetch(a HealFetch) {
+	ctx, cancel := context.WithTimeout(h.ctx, max(10*h.cfg.ReplicaTimeout, minFetchTimeout))
+	h.fetches[connKey{a.Brick, a.Fetch}] = cancel
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		defer cancel()
+		var ops []*brickpb.Op
+		var size int64
+		err := h.tr.OpsSince(ctx, a.Source, h.cfg.Epoch, a.AfterSeq, func(op *brickpb.Op) error {
+			ops = append(ops, op)
+			size += opSize(op)
+			if op.GetSeq() >= a.UpTo || size >= a.MaxBytes {
+				return errFetched
+			}
+			return nil
+		})
+		if errors.Is(err, errFetched) {
+			err = nil
+		}
+		h.post(HealFetched{Brick: a.Brick, Fetch: a.Fetch, Ops: ops, Err: err})
+	}()
 }
 
 func (h *Head) notify() {
@@ -469,10 +540,14 @@ func (h *Head) install(so streamOpened) Event {
 	h.wg.Add(2)
 	go c.sendLoop()
 	go c.recvLoop()
-	return StreamUp{Brick: so.key.brick, Gen: so.key.gen, Applied: so.pos.Applied, Synced: so.pos.Synced}
+	return StreamUp{Brick: so.key.brick, Gen: so.key.gen, Applied: so.pos.Applied, Synced: so.pos.Synced,
+		AppliedEpoch: so.pos.AppliedEpoch, NeedsFullHeal: so.pos.NeedsFullHeal}
 }
 
-const minProposalTimeout = 5 * time.Second // Raft elections take seconds
+const (
+	minProposalTimeout = 5 * time.Second  // Raft elections take seconds
+	minFetchTimeout    = 30 * time.Second // one HealFetch reads a few MiB
+)
 
 // conn is one open stream: a sender goroutine batching what the loop
 // queued, and a receiver goroutine posting acks.
@@ -533,9 +608,7 @@ func (c *conn) sendLoop() {
 				n++
 			}
 			if err := c.s.Send(ops[:n]); err != nil {
-				if !c.closed() {
-					c.h.post(StreamDown{Brick: c.key.brick, Gen: c.key.gen, Err: fmt.Errorf("send to brick %s: %w", c.key.brick, err)})
-				}
+				c.fail(fmt.Errorf("send to brick %s: %w", c.key.brick, err))
 				return
 			}
 			ops = ops[n:]
@@ -547,14 +620,24 @@ func (c *conn) recvLoop() {
 	defer c.h.wg.Done()
 	for {
 		a, err := c.s.Recv()
+		if a != nil && !c.h.post(Ack{Brick: c.key.brick, Gen: c.key.gen, Ack: a}) {
+			return
+		}
 		if err != nil {
-			if !c.closed() {
-				c.h.post(StreamDown{Brick: c.key.brick, Gen: c.key.gen, Err: fmt.Errorf("receive from brick %s: %w", c.key.brick, err)})
-			}
+			c.fail(fmt.Errorf("receive from brick %s: %w", c.key.brick, err))
 			return
 		}
-		if !c.h.post(Ack{Brick: c.key.brick, Gen: c.key.gen, Ack: a}) {
-			return
-		}
+	}
+}
+
+// fail reports the stream's failure, unless the head closed it: a refusal
+// of the epoch fences the head, anything else breaks the stream.
+func (c *conn) fail(err error) {
+	switch {
+	case c.closed():
+	case errors.Is(err, ErrStaleEpoch):
+		c.h.post(Fenced{Brick: c.key.brick, Msg: err.Error()})
+	default:
+		c.h.post(StreamDown{Brick: c.key.brick, Gen: c.key.gen, Err: err})
 	}
 }

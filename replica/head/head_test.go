@@ -72,12 +72,21 @@ type rig struct {
 
 func newRig(t *testing.T, mut func(*Config)) *rig {
 	t.Helper()
+	return newRigNet(t, mut, nil)
+}
+
+// newRigNet is newRig with pre run on the bricks before the head starts.
+func newRigNet(t *testing.T, mut func(*Config), pre func(*MemNet)) *rig {
+	t.Helper()
 	ids := []string{"a", "b", "c"}
 	r := &rig{t: t, net: NewMemNet(ids...), clk: NewManualClock(time.Unix(1_000_000, 0)), ctl: newFakeControl()}
 	r.cfg = LocalConfig()
 	r.cfg.Volume, r.cfg.Epoch, r.cfg.Placement, r.cfg.ISR, r.cfg.MinISR, r.cfg.Primary = "v", 1, ids, ids, 1, "a"
 	if mut != nil {
 		mut(&r.cfg)
+	}
+	if pre != nil {
+		pre(r.net)
 	}
 	h, err := Start(context.Background(), r.cfg, r.net, r.ctl, r.clk, testLogger(t))
 	if err != nil {
@@ -268,6 +277,7 @@ func TestLostAckShrinksISRThroughRaftAndWaitsForIt(t *testing.T) {
 	raftDown := errors.New("raft: no leader")
 	r.ctl.setFail(raftDown)
 	r.net.Brick("c").DropAcks(true)
+	r.net.Brick("c").SetReachable(false) // and heal cannot reach it
 	r.do(write(10))
 	done := async(func() error { return r.h.Sync(context.Background()) })
 	r.waitAcked(2, true, "a", "b")
@@ -351,7 +361,8 @@ func TestISRShrinkRacingNewEpochFences(t *testing.T) {
 }
 
 func TestBelowMinISRTurnsReadOnlyThenRecovers(t *testing.T) {
-	r := newRig(t, func(c *Config) { c.ISR, c.MinISR = []string{"a", "b"}, 2 })
+	r := newRigNet(t, func(c *Config) { c.ISR, c.MinISR = []string{"a", "b"}, 2 },
+		func(n *MemNet) { n.Brick("c").SetReachable(false) }) // the head cannot heal c itself here
 	r.do(write(1))
 	if err := r.h.Sync(context.Background()); err != nil {
 		t.Fatal(err)
@@ -376,8 +387,10 @@ func TestBelowMinISRTurnsReadOnlyThenRecovers(t *testing.T) {
 		t.Fatalf("sync of work not durable on b: %v", err)
 	}
 
-	// Heal brought c level with a; Raft commits [a b c]; now b can go.
+	// Heal (outside the head) brought c level with a; Raft commits
+	// [a b c]; now b can go.
 	r.net.Brick("c").HealFrom(r.net.Brick("a"))
+	r.net.Brick("c").SetReachable(true)
 	r.h.ObserveISR(1, 50, []string{"a", "b", "c"})
 	if isr := r.ctl.next(t); !slices.Equal(isr, []string{"a", "c"}) {
 		t.Fatalf("proposed %v, want [a c]", isr)
@@ -471,10 +484,13 @@ func TestStreamDownResumesWithoutGapOrDuplicate(t *testing.T) {
 	if err := r.h.Sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	b.Crash() // loses nothing: all synced
 	b.SetReachable(false)
+	b.Crash() // loses nothing: all synced
 	r.do(write(1))
 	r.waitAcked(17, false, "a", "c")
+	r.wait("b unreachable", func(s Status) bool {
+		return s.Bricks[1].Stream == "down" && strings.Contains(s.Bricks[1].LastErr, "unreachable")
+	})
 	b.SetReachable(true)
 	r.clk.Advance(r.cfg.MaxReconnectBackoff)
 	r.waitAcked(17, false, "b")

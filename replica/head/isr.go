@@ -8,8 +8,9 @@ import (
 
 // reconcile decides, after every event, which ISR bricks must leave, and
 // either proposes the smaller ISR to Raft or — when that would go below
-// min-isr — turns read-only. It never changes m.isr itself: only
-// ISRCommitted does.
+// min-isr — turns read-only. With nothing to drop (or nothing it may drop),
+// it proposes a caught-up healing brick back in (heal.go). It never changes
+// m.isr itself: only ISRCommitted does.
 func (m *Machine) reconcile() {
 	m.leaving = m.leaving[:0]
 	clear(m.leaveWhy)
@@ -28,17 +29,23 @@ func (m *Machine) reconcile() {
 	switch {
 	case len(m.isr) < m.cfg.MinISR:
 		m.setReadOnly(fmt.Sprintf("the ISR %v has %d bricks, fewer than min-isr %d", m.isr, len(m.isr), m.cfg.MinISR))
+		m.proposeJoin() // the cure
 		return
 	case remain < m.cfg.MinISR:
 		m.setReadOnly(fmt.Sprintf("%s; dropping them would leave %d bricks in the ISR, fewer than min-isr %d",
 			m.describeLeaving(), remain, m.cfg.MinISR))
+		m.proposeJoin() // then they can go
 		return
 	}
 	if m.readOnly != "" {
 		m.log.Warn("volume writable again", "was", m.readOnly, "isr", m.isr)
 		m.readOnly = ""
 	}
-	if len(m.leaving) == 0 || m.proposing || m.now.Before(m.proposeAt) {
+	if len(m.leaving) == 0 {
+		m.proposeJoin()
+		return
+	}
+	if m.proposing || m.now.Before(m.proposeAt) {
 		return
 	}
 	isr := make([]string, 0, remain)
@@ -99,22 +106,33 @@ func (m *Machine) setReadOnly(why string) {
 		m.complete(s.waiter, nil, fmt.Errorf("fsync of seq %d not durable on every ISR brick: %w", s.seq, err))
 	}
 	m.syncs = nil
-	if m.primary != "" && m.leaveWhy[m.primary] == "" {
-		return // the primary still answers the ops it applies
-	}
+	// A healthy primary still answers the ops it applies; waiters it can no
+	// longer answer (it is leaving, or it applied the op and the result was
+	// lost) fail.
+	p := m.bricks[m.primary]
+	keep := m.waiting[:0]
 	for _, s := range m.waiting {
-		if e := m.entry(s); e != nil && e.waiter != 0 {
+		e := m.entry(s)
+		switch {
+		case e == nil || e.waiter == 0:
+		case p != nil && m.leaveWhy[p.id] == "" && (!p.known || s > p.applied):
+			keep = append(keep, s)
+		case p != nil && m.leaveWhy[p.id] == "":
+			m.fallback(e, ErrNoResult)
+		default:
 			w := e.waiter
 			e.waiter = 0
 			m.complete(w, nil, fmt.Errorf("op seq %d was sequenced and may still be applied, but its primary %q cannot answer: %w", s, m.primary, err))
 		}
 	}
-	m.waiting = nil
+	m.waiting = keep
 }
 
 func (m *Machine) isrCommitted(e ISRCommitted) {
+	join := ""
 	if e.Proposed {
 		m.proposing, m.propErr = false, ""
+		join, m.joining = m.joining, ""
 	}
 	switch {
 	case e.Epoch > m.epoch:
@@ -135,13 +153,15 @@ func (m *Machine) isrCommitted(e ISRCommitted) {
 				m.emit(CloseStream{Brick: id, Gen: b.gen})
 			}
 			delete(m.bricks, id)
-			m.log.Warn("brick left the ISR", "brick", id, "why", m.leaveWhy[id], "applied", b.applied, "synced", b.synced)
+			m.log.Warn("brick left the ISR; healing it in the background", "brick", id, "why", m.leaveWhy[id], "applied", b.applied, "synced", b.synced)
+			m.leftISR(b)
 		}
 	}
 	for _, id := range next {
 		if m.bricks[id] == nil {
-			m.bricks[id] = &brick{id: id, applied: m.trimSeq, sent: m.trimSeq, since: m.now}
-			m.log.Info("brick joined the ISR", "brick", id)
+			b := m.admitBrick(id, id == join)
+			m.bricks[id] = b
+			m.log.Info("brick joined the ISR", "brick", id, "applied", b.applied, "synced", b.synced, "stream", b.conn.String(), "proposed_here", id == join)
 		}
 	}
 	m.isr = next
@@ -201,6 +221,10 @@ func (m *Machine) proposalFailed(e ISRProposalFailed) {
 		return
 	}
 	m.proposing = false
+	if m.joining != "" {
+		m.log.Warn("adding a healed brick to the ISR was not committed; it keeps following, retrying", "brick", m.joining)
+		m.joining = ""
+	}
 	if e.Stale {
 		m.fence(fmt.Sprintf("Raft refused its ISR change as stale: %v", e.Err))
 		return
@@ -241,7 +265,12 @@ func (m *Machine) updateState() {
 		if len(m.isr) < len(m.placement) {
 			rs = append(rs, fmt.Sprintf("ISR %v is smaller than the placement %v", m.isr, m.placement))
 		}
-		if len(rs) > 0 {
+		hs, healing := m.healReasons()
+		rs = append(rs, hs...)
+		switch {
+		case healing:
+			st, why = StateHealing, strings.Join(rs, "; ")
+		case len(rs) > 0:
 			st, why = StateDegraded, strings.Join(rs, "; ")
 		}
 	}
@@ -267,6 +296,11 @@ func (m *Machine) Status() Status {
 			ID: id, Stream: b.conn.String(), Applied: b.applied, Synced: b.synced,
 			Lag: m.lastSeq - b.applied, Leaving: m.leaveWhy[id], LastErr: b.lastErr,
 		})
+	}
+	for _, id := range m.placement {
+		if h := m.healers[id]; h != nil {
+			s.Heals = append(s.Heals, m.healStatus(h))
+		}
 	}
 	return s
 }

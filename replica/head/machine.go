@@ -25,13 +25,18 @@ type Machine struct {
 	isr       []string // committed in Raft, placement order
 	isrIndex  uint64
 	primary   string
-	bricks    map[string]*brick // exactly the ISR members
+	bricks    map[string]*brick  // exactly the ISR members
+	healers   map[string]*healer // exactly the placement bricks outside the ISR
+	joining   string             // the healer proposed into the ISR, if any
 	nextGen   uint64
+	nextFetch uint64
 
 	lastSeq  uint64   // last sequenced op
 	trimSeq  uint64   // every op ≤ trimSeq is applied by every ISR brick
 	entries  []*entry // entries[i] holds seq trimSeq+1+i
 	inflight int64    // bytes of entries
+	seqBytes int64    // bytes of every op sequenced (entry.cum of the last)
+	covered  uint64   // highest seq a completed Sync covered
 	waiting  []uint64 // seqs with a result waiter, ascending (lazily cleaned)
 	backlog  []pending
 	syncs    []syncWait // ascending seq
@@ -76,6 +81,8 @@ type brick struct {
 	retryAt  time.Time
 	failures int
 	out      string // sticky reason to leave the ISR (diverged, unresumable)
+	full     string // it needs a full resync, not just the op log
+	sticky   bool   // and no op log can ever do (it diverged)
 	lastErr  string
 }
 
@@ -84,6 +91,7 @@ type entry struct {
 	op      *brickpb.Op
 	at      time.Time
 	size    int64
+	cum     int64                        // seqBytes once it was sequenced
 	waiter  uint64                       // 0 once answered (or none)
 	results map[string]*brickpb.OpResult // by brick
 }
@@ -118,6 +126,7 @@ func New(cfg Config) (*Machine, error) {
 		epoch:     cfg.Epoch,
 		placement: slices.Clone(cfg.Placement),
 		bricks:    map[string]*brick{},
+		healers:   map[string]*healer{},
 		lastSeq:   cfg.StartSeq,
 		trimSeq:   cfg.StartSeq,
 		leaveWhy:  map[string]string{},
@@ -125,6 +134,11 @@ func New(cfg Config) (*Machine, error) {
 	m.isr = m.inPlacement(cfg.ISR)
 	for _, id := range m.isr {
 		m.bricks[id] = &brick{id: id, applied: m.trimSeq, sent: m.trimSeq}
+	}
+	for _, id := range m.placement {
+		if m.bricks[id] == nil {
+			m.healers[id] = &healer{id: id}
+		}
 	}
 	m.primary = m.preferredPrimary()
 	return m, nil
@@ -144,13 +158,27 @@ func (m *Machine) Step(ev Event) []Action {
 	case Cancel:
 		m.cancel(e)
 	case Ack:
-		m.ack(e)
+		if h := m.healers[e.Brick]; h != nil {
+			m.healAck(h, e)
+		} else {
+			m.ack(e)
+		}
 	case StreamDown:
 		if b := m.bricks[e.Brick]; b != nil && b.gen == e.Gen && b.conn != connDown {
 			m.breakStream(b, errText(e.Err))
+		} else if h := m.healers[e.Brick]; h != nil && h.gen == e.Gen && h.conn != connDown {
+			m.healDown(h, errText(e.Err), h.conn == connUp && h.failures == 0)
 		}
 	case StreamUp:
-		m.streamUp(e)
+		if h := m.healers[e.Brick]; h != nil {
+			m.healStreamUp(h, e)
+		} else {
+			m.streamUp(e)
+		}
+	case HealFetched:
+		if h := m.healers[e.Brick]; h != nil {
+			m.healFetched(h, e)
+		}
 	case ISRCommitted:
 		m.isrCommitted(e)
 	case ISRProposalFailed:
@@ -162,10 +190,12 @@ func (m *Machine) Step(ev Event) []Action {
 	}
 	if m.fenced == nil && m.stopped == nil {
 		m.reconcile()
+		m.trim() // the window may have been held by a brick proposed into the ISR
 		m.admit()
 		m.checkSyncs()
 		m.flush()
 		m.connect()
+		m.heal()
 	}
 	m.updateState()
 	out := m.out
@@ -224,6 +254,7 @@ func (m *Machine) syncReq(e SyncReq) {
 	}
 	if m.readOnly != "" {
 		if m.durable(m.lastSeq) {
+			m.covered = max(m.covered, m.lastSeq)
 			m.complete(e.Waiter, nil, nil)
 		} else {
 			m.complete(e.Waiter, nil, &ReadOnlyError{Reason: m.readOnly})
@@ -261,6 +292,7 @@ func (m *Machine) admit() {
 // sharing the last barrier when nothing was sequenced after it.
 func (m *Machine) barrier(w uint64) {
 	if m.durable(m.lastSeq) {
+		m.covered = max(m.covered, m.lastSeq)
 		m.complete(w, nil, nil)
 		return
 	}
@@ -279,7 +311,8 @@ func (m *Machine) newBarrier() {
 func (m *Machine) sequence(op *brickpb.Op, size int64) *entry {
 	m.lastSeq++
 	op.Seq, op.Epoch = m.lastSeq, m.epoch
-	e := &entry{op: op, at: m.now, size: size}
+	m.seqBytes += size
+	e := &entry{op: op, at: m.now, size: size, cum: m.seqBytes}
 	m.entries = append(m.entries, e)
 	m.inflight += size
 	return e
@@ -293,7 +326,9 @@ func (m *Machine) entry(seq uint64) *entry {
 }
 
 // durable: every op ≤ seq is fsync'd on every ISR brick, and the ISR is at
-// least min-isr strong (promise 1).
+// least min-isr strong (promise 1). While a brick is proposed into the ISR
+// it counts too: whichever way Raft decides, a Sync completed meanwhile
+// holds for the ISR that results.
 func (m *Machine) durable(seq uint64) bool {
 	if len(m.isr) < m.cfg.MinISR {
 		return false
@@ -303,12 +338,16 @@ func (m *Machine) durable(seq uint64) bool {
 			return false
 		}
 	}
+	if h := m.joiner(); h != nil && h.synced < seq {
+		return false
+	}
 	return true
 }
 
 func (m *Machine) checkSyncs() {
 	n := 0
 	for n < len(m.syncs) && m.durable(m.syncs[n].seq) {
+		m.covered = max(m.covered, m.syncs[n].seq)
 		m.complete(m.syncs[n].waiter, nil, nil)
 		n++
 	}
@@ -370,6 +409,10 @@ func (m *Machine) streamUp(e StreamUp) {
 		why = fmt.Sprintf("protocol: reports synced seq %d beyond its applied seq %d", e.Synced, e.Applied)
 	case e.Applied > m.lastSeq:
 		why = fmt.Sprintf("reports applied seq %d beyond this head's last seq %d: it holds ops this head never sequenced", e.Applied, m.lastSeq)
+		b.full, b.sticky = why, true
+	case e.NeedsFullHeal != "":
+		why = "says it needs a full resync: " + e.NeedsFullHeal
+		b.full = why
 	case b.known && e.Synced < b.synced:
 		why = fmt.Sprintf("its synced seq went back from %d to %d: it lost ops it had acknowledged as durable", b.synced, e.Synced)
 	case e.Applied < m.trimSeq:
@@ -385,16 +428,24 @@ func (m *Machine) streamUp(e StreamUp) {
 	b.conn, b.known, b.lastErr = connUp, true, ""
 	b.applied, b.sent = e.Applied, e.Applied
 	b.synced = max(b.synced, e.Synced)
+	if b.id == m.primary {
+		m.answerApplied()
+	}
 	m.log.Info("replication stream up", "brick", b.id, "applied", e.Applied, "synced", e.Synced, "resend_from", e.Applied+1)
-	// A brick that got past the pending barrier by other means (heal) will
-	// never fsync it on this stream: sequence a fresh one for the waiters.
-	if len(m.syncs) > 0 && b.synced < m.lastSync && b.applied >= m.lastSync && m.readOnly == "" {
+	m.rebarrier(b, e.Applied)
+	m.trim()
+}
+
+// rebarrier: a brick whose stream starts at start, past the pending barrier
+// it has not fsync'd (it got there by other means: heal), will never fsync
+// that barrier on this stream: sequence a fresh one for the waiters.
+func (m *Machine) rebarrier(b *brick, start uint64) {
+	if len(m.syncs) > 0 && b.synced < m.lastSync && start >= m.lastSync && m.readOnly == "" {
 		m.newBarrier()
 		for i := range m.syncs {
 			m.syncs[i].seq, m.syncs[i].at = m.lastSync, m.syncAt
 		}
 	}
-	m.trim()
 }
 
 func (m *Machine) ack(e Ack) {
@@ -467,6 +518,7 @@ func (m *Machine) diverged(id string, e *entry, got, want uint32) {
 		return
 	}
 	b.out = fmt.Sprintf("diverged at seq %d (%s): errno %d where the primary %s got errno %d", e.op.Seq, e.op.Type, got, m.primary, want)
+	b.full, b.sticky = b.out, true
 	m.log.Error("REPLICA DIVERGED from the primary; dropping it from the ISR, heal must repair it",
 		"brick", id, "seq", e.op.Seq, "op", e.op.Type.String(), "errno", got, "primary", m.primary, "primary_errno", want)
 	if b.conn != connDown {
@@ -483,26 +535,37 @@ func (m *Machine) answer(e *entry, r *brickpb.OpResult) {
 	}
 }
 
-// answerApplied answers the waiters of ops the primary applied without
-// reporting a result (see fallback).
+// answerApplied answers the waiters of ops the primary applied but whose
+// result it never reported (lost with a broken stream) from another ISR
+// brick's result: replicas apply one deterministic sequence, so it is the
+// same answer. Waiters nobody can answer stay until trim or read-only
+// resolves them (fallback).
 func (m *Machine) answerApplied() {
 	p := m.bricks[m.primary]
 	if p == nil || !p.known {
 		return
 	}
-	for len(m.waiting) > 0 && m.waiting[0] <= p.applied {
-		s := m.waiting[0]
-		m.waiting = m.waiting[1:]
-		if e := m.entry(s); e != nil && e.waiter != 0 {
-			m.fallback(e)
+	for i := 0; i < len(m.waiting) && m.waiting[i] <= p.applied; i++ {
+		if e := m.entry(m.waiting[i]); e != nil && e.waiter != 0 {
+			for _, id := range m.isr {
+				if r := e.results[id]; r != nil {
+					m.answer(e, r)
+					break
+				}
+			}
 		}
+	}
+	for len(m.waiting) > 0 {
+		if e := m.entry(m.waiting[0]); e != nil && e.waiter != 0 {
+			return
+		}
+		m.waiting = m.waiting[1:]
 	}
 }
 
-// fallback answers a waiter whose op the primary applied without a result:
-// with another ISR brick's result (replicas apply one deterministic
-// sequence, so it is the same answer), else with ErrProtocol.
-func (m *Machine) fallback(e *entry) {
+// fallback answers a waiter whose op no ISR brick will report a result for
+// any more: with any ISR brick's result, else with ErrNoResult.
+func (m *Machine) fallback(e *entry, why error) {
 	for _, id := range m.isr {
 		if r := e.results[id]; r != nil {
 			m.answer(e, r)
@@ -511,19 +574,23 @@ func (m *Machine) fallback(e *entry) {
 	}
 	w := e.waiter
 	e.waiter = 0
-	m.complete(w, nil, fmt.Errorf("op seq %d (%s): %w: primary %s applied it without reporting its result", e.op.Seq, e.op.Type, ErrProtocol, m.primary))
+	m.complete(w, nil, fmt.Errorf("op seq %d (%s) was applied by primary %s: %w", e.op.Seq, e.op.Type, m.primary, why))
 }
 
-// trim drops the ops every ISR brick applied, freeing window space.
+// trim drops the ops every ISR brick (and the brick proposed into the ISR)
+// applied, freeing window space.
 func (m *Machine) trim() {
 	low := m.lastSeq
 	for _, id := range m.isr {
 		low = min(low, m.bricks[id].applied)
 	}
+	if h := m.joiner(); h != nil {
+		low = min(low, h.applied)
+	}
 	for m.trimSeq < low {
 		e := m.entries[0]
 		if e.waiter != 0 {
-			m.fallback(e)
+			m.fallback(e, ErrNoResult)
 		}
 		m.inflight -= e.size
 		m.entries[0] = nil
@@ -582,6 +649,8 @@ func (m *Machine) failAll(err error) {
 	m.waiting = nil
 }
 
+// closeAll closes every stream and abandons every heal: the machine is
+// fenced or stopped.
 func (m *Machine) closeAll() {
 	for _, id := range m.isr {
 		if b := m.bricks[id]; b.conn != connDown {
@@ -589,6 +658,13 @@ func (m *Machine) closeAll() {
 			b.conn = connDown
 		}
 	}
+	for _, id := range m.placement {
+		if h := m.healers[id]; h != nil {
+			m.healStop(h)
+			h.conn = connDown
+		}
+	}
+	m.joining = ""
 }
 
 func (m *Machine) stop(err error) {

@@ -9,12 +9,15 @@ import (
 	"sync"
 	"syscall"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/brickvol/brick/proto/brickpb"
 )
 
 // MemNet is the in-memory twin of the gRPC Transport: bricks that apply ops
-// in memory, in order, refusing gaps and stale epochs like real ones, with
-// knobs to hold, drop, cut and refuse. Used by tests of this package and of
+// in memory, in order, refusing gaps and stale epochs like real ones, keep
+// an op log (which can be truncated), with knobs to hold, drop, cut and
+// refuse. Used by tests of this package and of
 // the packages above it. Safe for concurrent use.
 type MemNet struct {
 	mu     sync.Mutex
@@ -60,7 +63,70 @@ func (n *MemNet) Open(_ context.Context, id string, epoch uint64) (Stream, Posit
 	s := &memStream{b: b}
 	s.cond = sync.NewCond(&s.mu)
 	b.cur = s
-	return s, Position{Applied: b.applied, Synced: b.synced}, nil
+	return s, b.position(), nil
+}
+
+// OpsSince implements Transport: it reads the brick's op log (the ops it
+// applied, from its log start on) and hands fn copies.
+func (n *MemNet) OpsSince(ctx context.Context, source string, epoch, afterSeq uint64, fn func(*brickpb.Op) error) error {
+	b := n.Brick(source)
+	if b == nil {
+		return fmt.Errorf("brick %s: no such brick", source)
+	}
+	ops, err := b.readLog(ctx, epoch, afterSeq)
+	if err != nil {
+		return err
+	}
+	for _, op := range ops {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fn(op); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readLog returns copies of the logged ops after afterSeq.
+func (b *MemBrick) readLog(ctx context.Context, epoch, afterSeq uint64) ([]*brickpb.Op, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.fetches++
+	for b.holdFetch && !b.unreachable {
+		ch := b.changed
+		b.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		b.mu.Lock()
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("reading the op log of %s: %w", b.id, err)
+		}
+	}
+	first := uint64(1)
+	if len(b.ops) > 0 {
+		first = b.ops[0].Seq
+	}
+	first = max(first, b.logFirst)
+	switch {
+	case b.unreachable:
+		return nil, fmt.Errorf("brick %s: unreachable", b.id)
+	case b.promised > epoch:
+		return nil, fmt.Errorf("brick %s promised epoch %d, refuses to read its log at epoch %d: %w", b.id, b.promised, epoch, ErrStaleEpoch)
+	case afterSeq > b.applied:
+		return nil, fmt.Errorf("brick %s: asked for the ops after %d, but only %d are applied", b.id, afterSeq, b.applied)
+	case afterSeq < b.applied && afterSeq+1 < first:
+		return nil, &LogTruncatedError{Source: b.id, AfterSeq: afterSeq, FirstSeq: first}
+	}
+	var ops []*brickpb.Op
+	for _, op := range b.ops {
+		if op.Seq > afterSeq {
+			ops = append(ops, proto.Clone(op).(*brickpb.Op))
+		}
+	}
+	return ops, nil
 }
 
 // MemBrick is one in-memory brick. By default it applies every op with
@@ -73,10 +139,21 @@ type MemBrick struct {
 	cur     *memStream
 
 	promised, applied, synced uint64
-	ops                       []*brickpb.Op
+	ops                       []*brickpb.Op // the op log: applied ops, in order
+	logFirst                  uint64        // the log holds no op before
+	suspect                   string
 	unreachable, hold, drop   bool
-	opens, sends              int
+	holdFetch                 bool
+	opens, sends, fetches     int
 	faults                    []string
+}
+
+func (b *MemBrick) position() Position {
+	p := Position{Applied: b.applied, Synced: b.synced, NeedsFullHeal: b.suspect}
+	if n := len(b.ops); n > 0 && b.ops[n-1].Seq == b.applied {
+		p.AppliedEpoch = b.ops[n-1].Epoch
+	}
+	return p
 }
 
 // SetApply sets how the brick answers ops (nil: errno 0, no attr). f must
@@ -97,8 +174,14 @@ func (b *MemBrick) Hold(on bool) {
 // DropAcks makes the brick apply ops but lose every acknowledgement.
 func (b *MemBrick) DropAcks(on bool) { b.with(func() { b.drop = on }) }
 
-// SetReachable(false) makes Open fail; it does not cut the open stream.
-func (b *MemBrick) SetReachable(on bool) { b.with(func() { b.unreachable = !on }) }
+// SetReachable(false) makes Open and OpsSince fail; it does not cut the
+// open stream.
+func (b *MemBrick) SetReachable(on bool) {
+	b.with(func() {
+		b.unreachable = !on
+		b.notify()
+	})
+}
 
 // Disconnect breaks the open stream; acknowledgements not yet received are lost.
 func (b *MemBrick) Disconnect() { b.with(b.disconnect) }
@@ -129,6 +212,23 @@ func (b *MemBrick) HealFrom(src *MemBrick) {
 	b.with(func() { b.ops, b.applied, b.synced = ops, applied, applied })
 }
 
+// TruncateLog drops the brick's op log before seq first (the ops stay
+// applied): OpsSince after an earlier seq fails with a LogTruncatedError.
+func (b *MemBrick) TruncateLog(first uint64) { b.with(func() { b.logFirst = max(b.logFirst, first) }) }
+
+// SetSuspect makes the brick report (in Position.NeedsFullHeal) that it
+// needs a full heal; "" clears it.
+func (b *MemBrick) SetSuspect(why string) { b.with(func() { b.suspect = why }) }
+
+// HoldFetches(true) makes OpsSince on this brick wait (until released, the
+// brick turns unreachable, or the caller gives up).
+func (b *MemBrick) HoldFetches(on bool) {
+	b.with(func() {
+		b.holdFetch = on
+		b.notify()
+	})
+}
+
 // Fence makes the brick promise epoch: it refuses older ones from now on.
 func (b *MemBrick) Fence(epoch uint64) { b.with(func() { b.promised = max(b.promised, epoch) }) }
 
@@ -136,7 +236,7 @@ func (b *MemBrick) Fence(epoch uint64) { b.with(func() { b.promised = max(b.prom
 func (b *MemBrick) Position() Position {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return Position{Applied: b.applied, Synced: b.synced}
+	return b.position()
 }
 
 // Ops returns the ops the brick applied, in order (after a Crash, only the
@@ -154,9 +254,10 @@ func (b *MemBrick) Faults() []string {
 	return slices.Clone(b.faults)
 }
 
-// Opens and Sends count stream opens and Send calls.
-func (b *MemBrick) Opens() int { b.mu.Lock(); defer b.mu.Unlock(); return b.opens }
-func (b *MemBrick) Sends() int { b.mu.Lock(); defer b.mu.Unlock(); return b.sends }
+// Opens, Sends and Fetches count stream opens, Send calls and OpsSince calls.
+func (b *MemBrick) Opens() int   { b.mu.Lock(); defer b.mu.Unlock(); return b.opens }
+func (b *MemBrick) Sends() int   { b.mu.Lock(); defer b.mu.Unlock(); return b.sends }
+func (b *MemBrick) Fetches() int { b.mu.Lock(); defer b.mu.Unlock(); return b.fetches }
 
 // WaitApplied waits until the brick applied seq (or ctx ends).
 func (b *MemBrick) WaitApplied(ctx context.Context, seq uint64) error {
@@ -179,6 +280,12 @@ func (b *MemBrick) with(f func()) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	f()
+}
+
+// notify wakes the waiters on b.changed; b.mu held.
+func (b *MemBrick) notify() {
+	close(b.changed)
+	b.changed = make(chan struct{})
 }
 
 // receive applies a batch sent on s and acknowledges it.
@@ -218,8 +325,7 @@ func (b *MemBrick) receive(s *memStream, ops []*brickpb.Op) error {
 		ack.Results = append(ack.Results, r)
 	}
 	ack.AppliedSeq, ack.SyncedSeq = b.applied, b.synced
-	close(b.changed)
-	b.changed = make(chan struct{})
+	b.notify()
 	if !b.drop {
 		s.push(ack, b.hold)
 	}
