@@ -72,8 +72,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("listing peers: %w", err)
 	}
 	addrs := map[string]string{}
+	var others []string
 	for _, p := range pr.Peers {
 		addrs[p.BrickId] = p.Address
+		if p.Address != "" && p.Address != cfg.Daemon {
+			others = append(others, p.Address)
+		}
 	}
 
 	// Fence every in-sync brick at our epoch and bring them level from the
@@ -95,7 +99,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return slices.ContainsFunc(failed, func(s *brickState) bool { return s.id == id })
 		})
 		log.Warn("dropping unreachable or lagging bricks from the in-sync set before the first write", "isr", isr)
-		k := &control{c: c, daemon: cfg.Daemon, volID: vol.Id}
+		k := &control{c: c, daemon: cfg.Daemon, others: others, volID: vol.Id}
 		if _, err := k.SetISR(cctx, vol.Epoch, isr); err != nil {
 			return fmt.Errorf("shrinking the in-sync set of %s: %w", vol.Name, err)
 		}
@@ -117,7 +121,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	hc.Logger = log.With("component", "head")
 	h, err := head.Start(ctx, hc, &transport{c: c, volID: vol.Id, addrs: addrs},
-		&control{c: c, daemon: cfg.Daemon, volID: vol.Id}, head.SystemClock(), hc.Logger)
+		&control{c: c, daemon: cfg.Daemon, others: others, volID: vol.Id}, head.SystemClock(), hc.Logger)
 	if err != nil {
 		return fmt.Errorf("starting the head of %s: %w", vol.Name, err)
 	}

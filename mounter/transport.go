@@ -157,20 +157,31 @@ func classify(err error) error {
 type control struct {
 	c      *conns
 	daemon string
+	// others are the other daemons' addresses: any of them forwards to the
+	// Raft leader, so an ISR change does not wait for this host's brickd
+	// when it is the one restarting.
+	others []string
 	volID  string
 }
 
 func (k *control) SetISR(ctx context.Context, epoch uint64, isr []string) (uint64, error) {
-	cc, err := k.c.get(k.daemon)
-	if err != nil {
-		return 0, err
+	var lastErr error
+	for _, addr := range append([]string{k.daemon}, k.others...) {
+		cc, err := k.c.get(addr)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		resp, err := brickpb.NewControlClient(cc).SetISR(ctx, &brickpb.SetISRRequest{Header: k.c.header(), VolumeId: k.volID, Epoch: epoch, Isr: isr})
+		switch {
+		case status.Code(err) == codes.Aborted:
+			return 0, fmt.Errorf("%w: %w", head.ErrStaleEpoch, err)
+		case err == nil:
+			return resp.RaftIndex, nil
+		case status.Code(err) != codes.Unavailable && status.Code(err) != codes.DeadlineExceeded:
+			return 0, err
+		}
+		lastErr = err
 	}
-	resp, err := brickpb.NewControlClient(cc).SetISR(ctx, &brickpb.SetISRRequest{Header: k.c.header(), VolumeId: k.volID, Epoch: epoch, Isr: isr})
-	if status.Code(err) == codes.Aborted {
-		return 0, fmt.Errorf("%w: %w", head.ErrStaleEpoch, err)
-	}
-	if err != nil {
-		return 0, err
-	}
-	return resp.RaftIndex, nil
+	return 0, lastErr
 }
