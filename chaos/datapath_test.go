@@ -276,6 +276,51 @@ func waitISR(t *testing.T, d *harness.Daemon, name string, n int, bound time.Dur
 	})
 }
 
+// Promise 3: below min-isr the volume turns read-only, loudly; reads work.
+func TestBelowMinISRReadOnly(t *testing.T) {
+	needFUSE(t)
+	cl := harness.New(t, netMinISR)
+	ds := startThree(t, cl)
+	createVolume(t, ds[0], "ro", "--replicas", "3", "--min-isr", "2", "--size", "1G")
+	dir := mount(t, ds[0], "ro")
+	if err := os.WriteFile(filepath.Join(dir, "before"), []byte("kept"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	syncDir(t, dir)
+	ds[1].Kill()
+	ds[2].Kill()
+	var werr error
+	harness.Eventually(t, 60*time.Second, "writes fail once two of three bricks are gone", func() (bool, string) {
+		f, err := os.OpenFile(filepath.Join(dir, "after"), os.O_CREATE|os.O_WRONLY, 0o644)
+		if err == nil {
+			f.Write([]byte("x"))
+			err = f.Sync()
+			f.Close()
+		}
+		werr = err
+		return err != nil, fmt.Sprint(err)
+	})
+	if !strings.Contains(werr.Error(), "read-only") && !strings.Contains(werr.Error(), "input/output") {
+		t.Errorf("write below min-isr failed with %v, want EROFS or EIO", werr)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "before")); err != nil || string(b) != "kept" {
+		t.Errorf("read below min-isr: %q %v", b, err)
+	}
+	// One brick back: it heals, rejoins, and writes work again.
+	ds[1].Start()
+	harness.Eventually(t, 60*time.Second, "writes work again once a brick is back", func() (bool, string) {
+		err := os.WriteFile(filepath.Join(dir, "again"), []byte("y"), 0o644)
+		if err == nil {
+			var f *os.File
+			if f, err = os.Open(filepath.Join(dir, "again")); err == nil {
+				err = f.Sync()
+				f.Close()
+			}
+		}
+		return err == nil, fmt.Sprint(err)
+	})
+}
+
 // sameTrees fails unless every replica tree has the same digest (paths,
 // modes, owners, contents, link targets, xattrs), showing the difference.
 func sameTrees(t *testing.T, dirs ...string) {
