@@ -1,15 +1,10 @@
 package daemon
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/brickvol/brick/auth"
 	"github.com/brickvol/brick/control"
@@ -38,15 +33,7 @@ func (p *peerClients) conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		// Reconnect fast: a restarted brickd is back within a second, and a
-		// head must reach it well inside the replica timeout.
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: time.Second,
-		}),
-		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return p.key.Dial(ctx, a) }))
+	c, err := p.key.NewClient(addr)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to peer %s: %w", addr, err)
 	}

@@ -1,15 +1,10 @@
 package mounter
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/brickvol/brick/auth"
 	"github.com/brickvol/brick/proto/brickpb"
@@ -35,15 +30,7 @@ func (c *conns) get(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := c.m[addr]; ok {
 		return cc, nil
 	}
-	cc, err := grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		// Reconnect fast: a restarted brickd is back within a second, and a
-		// head must reach it well inside the replica timeout.
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: time.Second,
-		}), // TLS is below, in auth.Key.Dial
-		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return c.key.Dial(ctx, a) }),
+	cc, err := c.key.NewClient(addr,
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
