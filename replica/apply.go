@@ -21,6 +21,18 @@ var (
 	errLocalStep = errors.New("failed to finish an op")
 )
 
+// ownAndStat gives a new inode the op's owner and exactly its mode (never
+// the umask's) and returns its attributes.
+func ownAndStat(fd int, op *brickpb.Op) (unix.Stat_t, error) {
+	if err := localStep("setting the owner", fchownIfNeeded(fd, op.Uid, op.Gid)); err != nil {
+		return unix.Stat_t{}, err
+	}
+	if err := localStep("setting the mode", unix.Fchmod(fd, op.Mode&0o7777)); err != nil {
+		return unix.Stat_t{}, err
+	}
+	return fstat(fd)
+}
+
 func localStep(what string, err error) error {
 	if err == nil {
 		return nil
@@ -324,15 +336,9 @@ func (r *Replica) opCreate(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 	if err == nil {
 		err = localStep("linking into fids/", unix.Linkat(p.fd, op.Name, r.fidsFD, fidName(op.Fid), 0))
 	}
-	if err == nil {
-		err = localStep("setting the owner", fchownIfNeeded(fd, op.Uid, op.Gid))
-	}
-	if err == nil {
-		err = localStep("setting the mode", unix.Fchmod(fd, op.Mode&0o7777))
-	}
 	var st unix.Stat_t
 	if err == nil {
-		st, err = fstat(fd)
+		st, err = ownAndStat(fd, op)
 	}
 	if err != nil {
 		closeFD(fd)
@@ -514,15 +520,9 @@ func (r *Replica) opMkdir(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 	if err == nil {
 		err = r.hookAt("create-tagged")
 	}
-	if err == nil {
-		err = localStep("setting the owner", fchownIfNeeded(fd, op.Uid, op.Gid))
-	}
-	if err == nil {
-		err = localStep("setting the mode", unix.Fchmod(fd, op.Mode&0o7777))
-	}
 	var st unix.Stat_t
 	if err == nil {
-		st, err = fstat(fd)
+		st, err = ownAndStat(fd, op)
 	}
 	if err != nil {
 		closeFD(fd)
