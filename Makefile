@@ -38,8 +38,17 @@ lint:
 fuzz:
 	bash scripts/fuzz.sh
 
+# Go micro-benchmarks, then the file-system workload on local disk, the go-fuse
+# ceiling and a replica-3 brick volume (scripts/bench.sh, docs/benchmarks.md).
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	bash scripts/bench.sh
+
+# The managed Docker plugin, built locally from a static brickd and created
+# with docker plugin create (PLUGIN=name, default brick; docs/docker.md).
+.PHONY: docker-plugin
+docker-plugin:
+	bash scripts/docker-plugin.sh $(PLUGIN)
 
 clean:
 	rm -rf $(BIN)

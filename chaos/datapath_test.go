@@ -2,11 +2,14 @@ package chaos
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +29,9 @@ const (
 	netMinISR
 	netSQLite
 	netDaemonRestart
+	netBrickWipe
+	netProportional
+	netQuota
 )
 
 // posixSkips are the posixtest cases that cannot pass on any brick mount;
@@ -93,12 +99,16 @@ func TestPosixOnMount(t *testing.T) {
 type ledger struct {
 	mu    sync.Mutex
 	files map[string][32]byte
+	onAdd func(name string, sum [32]byte) // optional
 }
 
 func (l *ledger) add(name string, sum [32]byte) {
 	l.mu.Lock()
 	l.files[name] = sum
 	l.mu.Unlock()
+	if l.onAdd != nil {
+		l.onAdd(name, sum)
+	}
 }
 
 // writer writes files with fsync until stop is closed, recording each
@@ -184,12 +194,9 @@ func volumeOf(t *testing.T, d *harness.Daemon, name string) volInfo {
 // acknowledged write is on every remaining in-sync replica.
 func TestBrickLossDuringWrites(t *testing.T) {
 	needFUSE(t)
-	for _, mode := range []string{"kill", "stop"} {
+	for _, mode := range []string{"kill", "stop", "wipe"} {
 		t.Run(mode, func(t *testing.T) {
-			subnet := netBrickKill
-			if mode == "stop" {
-				subnet = netBrickStop
-			}
+			subnet := map[string]int{"kill": netBrickKill, "stop": netBrickStop, "wipe": netBrickWipe}[mode]
 			cl := harness.New(t, subnet)
 			ds := startThree(t, cl)
 			createVolume(t, ds[0], "data", "--replicas", "3", "--size", "2G")
@@ -218,7 +225,7 @@ func TestBrickLossDuringWrites(t *testing.T) {
 				return len(l.files) >= 20, fmt.Sprint(len(l.files), " files")
 			})
 			failedAt := time.Now()
-			if mode == "kill" {
+			if mode != "stop" {
 				victim.Kill()
 			} else {
 				victim.Stop()
@@ -239,6 +246,11 @@ func TestBrickLossDuringWrites(t *testing.T) {
 				defer l.mu.Unlock()
 				return len(l.files) >= before+20, fmt.Sprint(len(l.files), " files")
 			})
+			if mode != "stop" {
+				// A big file too, fsync'd as it grows, while the brick is away:
+				// more than any op log holds, so a wiped brick needs a resync.
+				bigFile(t, dir, "big.bin", 200<<20, l)
+			}
 			close(stop)
 			r := <-done
 			if r.err != nil {
@@ -252,13 +264,19 @@ func TestBrickLossDuringWrites(t *testing.T) {
 			checkLedger(t, l, append([]string{dir}, dirs...)...)
 			// Bring the brick back: it heals from the op log and rejoins.
 			backAt := time.Now()
-			if mode == "kill" {
+			if mode == "wipe" {
+				// The brick comes back with its replica gone (a replaced disk).
+				if err := os.RemoveAll(filepath.Dir(replicaDir(victim, vol.ID))); err != nil {
+					t.Fatal(err)
+				}
+				victim.Start()
+			} else if mode == "kill" {
 				victim.Start()
 			} else {
 				victim.Cont()
 			}
-			waitISR(t, ds[0], "data", 3, 60*time.Second)
-			t.Logf("brick healed and back in the ISR %v after it returned", time.Since(backAt).Round(time.Millisecond))
+			waitISR(t, ds[0], "data", 3, 120*time.Second)
+			t.Logf("brick healed and back in the ISR %v after it returned; %s", time.Since(backAt).Round(time.Millisecond), healBytes(t, ds[0], "data"))
 			syncDir(t, dir) // a barrier every ISR brick, the healed one included, must honour
 			dirs = append(dirs, replicaDir(victim, vol.ID))
 			checkLedger(t, l, dirs...)
@@ -417,11 +435,6 @@ func TestSQLiteOnMount(t *testing.T) {
 // writer was acknowledged is lost, and the mount never breaks.
 func TestDaemonRestartUnderMount(t *testing.T) {
 	needFUSE(t)
-	if os.Getenv("BRICK_CHAOS_RESTART") == "" {
-		t.Skip("SKIPPING (known bug, set BRICK_CHAOS_RESTART=1 to run): a brickd restarted under a live mount " +
-			"sometimes never finishes starting (it spins before its first log line, likely waiting for a bbolt " +
-			"file lock), and the mount's writers then hang; see the data-path issue's note")
-	}
 	cl := harness.New(t, netDaemonRestart)
 	ds := startThree(t, cl)
 	createVolume(t, ds[0], "busy", "--replicas", "3", "--size", "2G")
@@ -450,10 +463,7 @@ func TestDaemonRestartUnderMount(t *testing.T) {
 		})
 	}
 	progress("the writer makes progress", 20)
-	// SIGKILL of this brickd is left out for now: in one run here the
-	// restarted daemon never started serving (open issue, see the data-path
-	// issue's note), and a scenario that can hang has no place in CI.
-	for _, how := range []string{"SIGTERM"} {
+	for _, how := range []string{"SIGTERM", "SIGKILL"} {
 		if how == "SIGTERM" {
 			ds[0].Term()
 		} else {
@@ -479,4 +489,191 @@ func TestDaemonRestartUnderMount(t *testing.T) {
 	syncDir(t, dir)
 	checkLedger(t, l, dirs...)
 	sameTrees(t, dirs...)
+}
+
+// bigFile writes a file of size bytes (a pattern that differs per MiB),
+// fsyncing every 32 MiB and at the end, and records it in l.
+func bigFile(t *testing.T, dir, name string, size int64, l *ledger) {
+	t.Helper()
+	start := time.Now()
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		fillChunk(buf, off)
+		if _, err := f.Write(buf); err != nil {
+			t.Fatalf("writing %s at %d: %v", name, off, err)
+		}
+		h.Write(buf)
+		if (off+int64(len(buf)))%(32<<20) == 0 {
+			if err := f.Sync(); err != nil {
+				t.Fatalf("fsync %s: %v", name, err)
+			}
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatalf("fsync %s: %v", name, err)
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	l.add(name, sum)
+	t.Logf("wrote %s (%d MiB) with fsync in %v", name, size>>20, time.Since(start).Round(time.Millisecond))
+}
+
+func fillChunk(buf []byte, off int64) {
+	for i := range buf {
+		buf[i] = byte(int64(i)*7 + off>>20)
+	}
+}
+
+var healBytesRE = regexp.MustCompile(`heal_bytes=(\d+)`)
+var resyncBytesRE = regexp.MustCompile(`full resync of a brick done.*bytes_fetched=(\d+)`)
+
+// healBytes sums what the head's heals sent (op bytes) and its resyncs
+// fetched, from the mount log of vol on d.
+func healBytes(t *testing.T, d *harness.Daemon, vol string) string {
+	t.Helper()
+	b, _ := os.ReadFile(filepath.Join(d.DataDir, "mounts", vol+".log"))
+	var ops, fetched int64
+	for _, m := range healBytesRE.FindAllStringSubmatch(string(b), -1) {
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		ops += n
+	}
+	resyncs := 0
+	for _, m := range resyncBytesRE.FindAllStringSubmatch(string(b), -1) {
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		fetched += n
+		resyncs++
+	}
+	return fmt.Sprintf("heal sent %d MiB of ops; %d full resyncs fetched %d MiB", ops>>20, resyncs, fetched>>20)
+}
+
+// Issue "data path", test 4: heal is proportional to what changed. A brick
+// is away for 30 s while 20 MiB of a 500 MiB file change; bringing it back
+// costs a small multiple of 20 MiB, not 500.
+func TestProportionalHeal(t *testing.T) {
+	needFUSE(t)
+	cl := harness.New(t, netProportional)
+	ds := startThree(t, cl)
+	createVolume(t, ds[0], "big", "--replicas", "3", "--size", "2G")
+	dir := mount(t, ds[0], "big")
+	vol := volumeOf(t, ds[0], "big")
+	l := &ledger{files: map[string][32]byte{}}
+	bigFile(t, dir, "data.bin", 500<<20, l)
+	victim := ds[2]
+	victim.Kill()
+	away := time.Now()
+	f, err := os.OpenFile(filepath.Join(dir, "data.bin"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for i := int64(0); i < 20; i++ {
+		off := (i*97 + 13) % 500 << 20
+		for j := range buf {
+			buf[j] = byte(i + 1)
+		}
+		if _, err := f.WriteAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	waitISR(t, ds[0], "big", 2, 30*time.Second) // the fsync above dropped it
+	if d := 30*time.Second - time.Since(away); d > 0 {
+		time.Sleep(d)
+	}
+	victim.Start()
+	back := time.Now()
+	waitISR(t, ds[0], "big", 3, 120*time.Second)
+	got := healBytes(t, ds[0], "big")
+	t.Logf("brick back in the ISR %v after a %v outage in which 20 MiB changed: %s",
+		time.Since(back).Round(time.Millisecond), back.Sub(away).Round(time.Second), got)
+	b, _ := os.ReadFile(filepath.Join(ds[0].DataDir, "mounts", "big.log"))
+	var total int64
+	for _, m := range healBytesRE.FindAllStringSubmatch(string(b), -1) {
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		total += n
+	}
+	for _, m := range resyncBytesRE.FindAllStringSubmatch(string(b), -1) {
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		total += n
+	}
+	if total > 3*(20<<20) {
+		t.Errorf("heal copied %d MiB for 20 MiB changed (want at most 60 MiB)", total>>20)
+	}
+	syncDir(t, dir)
+	var dirs []string
+	for _, d := range ds {
+		dirs = append(dirs, replicaDir(d, vol.ID))
+	}
+	sameTrees(t, dirs...)
+}
+
+// The volume's size is a quota: df reports it, and writing past it fails
+// with ENOSPC (at write, fsync or close: the writeback cache reports it
+// late, as NFS does) instead of filling the bricks.
+func TestQuotaENOSPC(t *testing.T) {
+	needFUSE(t)
+	cl := harness.New(t, netQuota)
+	ds := startThree(t, cl)
+	createVolume(t, ds[0], "small", "--replicas", "3", "--size", "64M")
+	dir := mount(t, ds[0], "small")
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if size := uint64(st.Blocks) * uint64(st.Bsize); size != 64<<20 {
+		t.Fatalf("df shows %d bytes, want the 64 MiB quota", size)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "fill"), os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	var written int64
+	for i := 0; i < 100 && err == nil; i++ {
+		var n int
+		n, err = f.Write(buf)
+		written += int64(n)
+		if err == nil && i%8 == 7 {
+			err = f.Sync()
+		}
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("writing 100 MiB into a 64 MiB volume: %v (wrote %d MiB)", err, written>>20)
+	}
+	t.Logf("ENOSPC after %d MiB written into a 64 MiB volume: %v", written>>20, err)
+	fi, err := os.Stat(filepath.Join(dir, "fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() > 64<<20 {
+		t.Errorf("the file grew to %d bytes, past the 64 MiB quota", fi.Size())
+	}
+	// Deleting frees the space again.
+	if err := os.Remove(filepath.Join(dir, "fill")); err != nil {
+		t.Fatal(err)
+	}
+	harness.Eventually(t, 20*time.Second, "a 10 MiB file fits again", func() (bool, string) {
+		err := os.WriteFile(filepath.Join(dir, "again"), make([]byte, 10<<20), 0o644)
+		if err == nil {
+			f, _ := os.Open(filepath.Join(dir, "again"))
+			err = f.Sync()
+			f.Close()
+		}
+		return err == nil, fmt.Sprint(err)
+	})
 }

@@ -77,6 +77,8 @@ func (c *Command) payloadField() string {
 		return "detach"
 	case CmdSetISR:
 		return "set_isr"
+	case CmdResizeVolume:
+		return "resize_volume"
 	}
 	return ""
 }
@@ -97,6 +99,7 @@ func (c *Command) setPayloads() []string {
 	add(c.Attach != nil, "attach")
 	add(c.Detach != nil, "detach")
 	add(c.SetISR != nil, "set_isr")
+	add(c.ResizeVolume != nil, "resize_volume")
 	return set
 }
 

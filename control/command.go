@@ -17,6 +17,7 @@ const (
 	CmdAttach       CommandType = "attach"
 	CmdDetach       CommandType = "detach"
 	CmdSetISR       CommandType = "set-isr"
+	CmdResizeVolume CommandType = "resize-volume"
 )
 
 // Command is one entry of the Raft log. Exactly the field matching Type is
@@ -36,6 +37,15 @@ type Command struct {
 	Attach       *Attach       `json:"attach,omitempty"`
 	Detach       *Detach       `json:"detach,omitempty"`
 	SetISR       *SetISR       `json:"set_isr,omitempty"`
+	ResizeVolume *ResizeVolume `json:"resize_volume,omitempty"`
+}
+
+// ResizeVolume grows a volume's size quota to SizeBytes, online. Shrinking
+// is refused (ErrInvalid): data beyond the new size would have nowhere to
+// go. The same size again is a no-op (idempotent).
+type ResizeVolume struct {
+	Name      string `json:"name"`
+	SizeBytes uint64 `json:"size_bytes"`
 }
 
 // InitCluster sets the cluster ID; it is refused once one is set.
@@ -59,13 +69,16 @@ type DeleteVolume struct {
 // Attach makes Brick an attached host of the volume. For access=single it
 // becomes the head at Epoch+1; it is refused (ErrAttached) while another
 // host holds the volume unless Force. Attaching where already attached is a
-// no-op that keeps the epoch (idempotent). ExpectEpoch, when non-zero, must
-// equal the current epoch (compare-and-set).
+// no-op that keeps the epoch (idempotent) unless Renew, which moves the head
+// to a new epoch in place (a new mount process fences a wedged old one of the
+// same host without letting go of the volume). ExpectEpoch, when non-zero,
+// must equal the current epoch (compare-and-set).
 type Attach struct {
 	Volume      VolumeID `json:"volume"`
 	Brick       BrickID  `json:"brick"`
 	ExpectEpoch uint64   `json:"expect_epoch,omitempty"`
 	Force       bool     `json:"force,omitempty"`
+	Renew       bool     `json:"renew,omitempty"`
 }
 
 // Detach removes Brick's attachment. When it was the head of a single

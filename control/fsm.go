@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -116,6 +117,8 @@ func (f *FSM) apply(c Command) (*Volume, error) {
 		return f.detach(c.Detach)
 	case CmdSetISR:
 		return f.setISR(c.SetISR)
+	case CmdResizeVolume:
+		return f.resizeVolume(c.ResizeVolume)
 	}
 	// DecodeCommand refuses unknown types; this is a programming error.
 	return nil, fmt.Errorf("apply %s command: %w: unknown type", c.Type, ErrInvalid)
@@ -271,6 +274,23 @@ func (f *FSM) createVolume(at time.Time, p *Volume) (*Volume, error) {
 	return v.clone(), nil
 }
 
+func (f *FSM) resizeVolume(p *ResizeVolume) (*Volume, error) {
+	v := f.volumeByName(p.Name)
+	if v == nil {
+		return nil, fmt.Errorf("resize volume %q: %w", p.Name, ErrNotFound)
+	}
+	if p.SizeBytes < v.SizeBytes {
+		return nil, fmt.Errorf("resize volume %q from %d to %d bytes: %w: volumes only grow", p.Name, v.SizeBytes, p.SizeBytes, ErrInvalid)
+	}
+	if p.SizeBytes > math.MaxInt64 {
+		return nil, fmt.Errorf("resize volume %q to %d bytes: %w: larger than the largest size", p.Name, p.SizeBytes, ErrInvalid)
+	}
+	n := v.clone()
+	n.SizeBytes = p.SizeBytes
+	f.state.Volumes[n.ID] = n
+	return n.clone(), nil
+}
+
 func (f *FSM) deleteVolume(at time.Time, p *DeleteVolume) (*Volume, error) {
 	v := f.volumeByName(p.Name)
 	if v == nil {
@@ -298,8 +318,16 @@ func (f *FSM) attach(at time.Time, p *Attach) (*Volume, error) {
 	if p.ExpectEpoch != 0 && p.ExpectEpoch != v.Epoch {
 		return nil, fmt.Errorf("%s: %w: expected epoch %d, the volume is at epoch %d", op, ErrStaleEpoch, p.ExpectEpoch, v.Epoch)
 	}
-	if v.attachment(p.Brick) >= 0 {
-		return v.clone(), nil // already attached: idempotent, the epoch stays
+	if i := v.attachment(p.Brick); i >= 0 {
+		if !p.Renew || (v.Head != p.Brick && v.Head != "") {
+			return v.clone(), nil // already attached: idempotent, the epoch stays
+		}
+		n := v.clone()
+		n.Epoch++
+		n.Head = p.Brick
+		n.Attachments[i].Epoch = n.Epoch
+		f.state.Volumes[n.ID] = n
+		return n.clone(), nil
 	}
 	n := v.clone()
 	if n.Access == AccessShared {

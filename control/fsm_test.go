@@ -371,6 +371,31 @@ func TestAttachSingle(t *testing.T) {
 	}
 }
 
+func TestAttachRenew(t *testing.T) {
+	h := fixture(t)
+	h.ok(attachCmd("v1", "b1", 0, false))
+	renew := attachCmd("v1", "b1", 1, false)
+	renew.Attach.Renew = true
+	v := h.ok(renew)
+	if v.Epoch != 2 || v.Head != "b1" || len(v.Attachments) != 1 || v.Attachments[0].Epoch != 2 {
+		t.Fatalf("after renew: %+v", v)
+	}
+	// A renew conditioned on the old epoch loses a race with another renew.
+	h.refuse(renew, ErrStaleEpoch, "expected epoch 1")
+	// Renew is not a takeover: another host is still refused.
+	other := attachCmd("v1", "b2", 0, false)
+	other.Attach.Renew = true
+	h.refuse(other, ErrAttached)
+	// A non-head attachment of a shared volume is not bumped by renew.
+	h.ok(attachCmd("v2", "b1", 0, false))
+	h.ok(attachCmd("v2", "b4", 0, false))
+	r := attachCmd("v2", "b4", 0, false)
+	r.Attach.Renew = true
+	if v := h.ok(r); v.Epoch != 1 || v.Head != "b1" {
+		t.Fatalf("renew of a non-head shared attachment: %+v", v)
+	}
+}
+
 func TestAttachShared(t *testing.T) {
 	h := fixture(t)
 	v := h.ok(attachCmd("v2", "b1", 0, false))
@@ -754,5 +779,27 @@ func TestRandomCommandsSnapshotMidway(t *testing.T) {
 		if refused == steps || refused == 0 {
 			t.Errorf("seed %d run %d: %d of %d commands refused; the generator is off", seed, run, refused, steps)
 		}
+	}
+}
+
+func TestResizeVolume(t *testing.T) {
+	h := fixture(t)
+	resize := func(name string, size uint64) Command {
+		return Command{Version: CommandVersion, Type: CmdResizeVolume, At: t0, ResizeVolume: &ResizeVolume{Name: name, SizeBytes: size}}
+	}
+	before := h.f.State().Volumes["v1"].SizeBytes
+	v := h.ok(resize(h.f.State().Volumes["v1"].Name, before*2))
+	if v.SizeBytes != before*2 {
+		t.Fatalf("after resize: %d bytes, want %d", v.SizeBytes, before*2)
+	}
+	h.ok(resize(v.Name, before*2)) // the same size again: idempotent
+	h.refuse(resize(v.Name, before), ErrInvalid, "only grow")
+	h.refuse(resize("nope", before), ErrNotFound)
+	b, err := EncodeCommand(resize(v.Name, 1<<40))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := DecodeCommand(b); err != nil || c.ResizeVolume == nil || c.ResizeVolume.SizeBytes != 1<<40 {
+		t.Fatalf("round trip: %+v, %v", c, err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
 )
 
 // StreamLayer is the byte stream Raft runs on. The daemon passes one whose
@@ -87,7 +88,10 @@ func OpenNode(cfg NodeConfig) (*Node, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating raft directory %s: %w", cfg.Dir, err)
 	}
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	// A lock held by another process (a second brickd on this data dir)
+	// must fail the start loudly, not block it forever.
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db"),
+		BoltOptions: &bbolt.Options{Timeout: 10 * time.Second, NoFreelistSync: true}})
 	if err != nil {
 		return nil, fmt.Errorf("opening raft log %s: %w", filepath.Join(cfg.Dir, "raft.db"), err)
 	}

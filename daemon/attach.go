@@ -3,8 +3,13 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/brickvol/brick/control"
+	"github.com/brickvol/brick/membership"
 	"github.com/brickvol/brick/proto/brickpb"
 	"github.com/brickvol/brick/volspec"
 )
@@ -17,7 +22,7 @@ func (s *controlService) AttachVolume(ctx context.Context, req *brickpb.AttachVo
 		req.Host = s.d.cfg.Name // the host the user asked from, fixed before any forward
 	}
 	return onLeader(ctx, s.d, req, func(ctx context.Context, req *brickpb.AttachVolumeRequest) (*brickpb.VolumeResponse, error) {
-		return s.d.attach(ctx, req.Name, req.Host, req.Force)
+		return s.d.attach(ctx, req.Name, req.Host, req.Force, req.Renew)
 	}, func(ctx context.Context, c brickpb.ControlClient, req *brickpb.AttachVolumeRequest) (*brickpb.VolumeResponse, error) {
 		return c.AttachVolume(ctx, req)
 	})
@@ -78,8 +83,13 @@ func volumeByName(st *control.State, name string) (*control.Volume, error) {
 	return nil, fmt.Errorf("volume %q: %w", name, control.ErrNotFound)
 }
 
-// attach records host as attached to the volume (leader only).
-func (d *Daemon) attach(ctx context.Context, name, host string, force bool) (*brickpb.VolumeResponse, error) {
+// attach records host as attached to the volume (leader only). A
+// single-access volume held by another host is taken over only with force,
+// or when gossip has seen the holder dead (or gone) for the failover
+// timeout; otherwise the refusal names the holder and how it is doing.
+// Every takeover is conditioned on the epoch it judged, so two hosts racing
+// for a dead holder's volume cannot both win.
+func (d *Daemon) attach(ctx context.Context, name, host string, force, renew bool) (*brickpb.VolumeResponse, error) {
 	st := d.node.FSM().State()
 	vol, err := volumeByName(st, name)
 	if err != nil {
@@ -89,13 +99,58 @@ func (d *Daemon) attach(ctx context.Context, name, host string, force bool) (*br
 	if err != nil {
 		return nil, err
 	}
-	res, err := d.node.Propose(ctx, control.Command{Type: control.CmdAttach,
-		Attach: &control.Attach{Volume: vol.ID, Brick: bid, Force: force}})
+	cmd := &control.Attach{Volume: vol.ID, Brick: bid, Force: force, Renew: renew, ExpectEpoch: vol.Epoch}
+	var takeover string
+	if holders := otherHolders(vol, bid); vol.Access == control.AccessSingle && len(holders) > 0 {
+		dead, why := d.holderGone(holders[0])
+		switch {
+		case force:
+			takeover = "forced: " + why
+		case dead:
+			takeover = why
+			cmd.Force = true
+		default:
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"volume %s is attached to %s (%s); detach it there, wait until %s has been dead for the failover timeout (%v), or attach with --force to take it over and fence that host",
+				name, d.nameOf(st, holders[0].Brick), why, d.nameOf(st, holders[0].Brick), d.cfg.FailoverTimeout)
+		}
+		d.log.Warn("taking over a volume", "volume", name, "from", d.nameOf(st, holders[0].Brick), "to", host,
+			"old_epoch", vol.Epoch, "reason", takeover)
+	}
+	res, err := d.node.Propose(ctx, control.Command{Type: control.CmdAttach, Attach: cmd})
 	if err != nil {
 		return nil, fmt.Errorf("attaching %q to %s: %w", name, host, err)
 	}
-	d.log.Info("volume attached", "volume", name, "host", host, "epoch", res.Volume.Epoch, "force", force)
-	return &brickpb.VolumeResponse{Volume: d.volumeInfo(d.node.FSM().State(), res.Volume)}, nil
+	d.log.Info("volume attached", "volume", name, "host", host, "epoch", res.Volume.Epoch, "force", force,
+		"renew", renew, "takeover", takeover != "")
+	return &brickpb.VolumeResponse{Volume: d.volumeInfo(d.node.FSM().State(), res.Volume), RaftIndex: res.Index}, nil
+}
+
+// otherHolders are the attachments of vol other than bid's.
+func otherHolders(vol *control.Volume, bid control.BrickID) []control.Attachment {
+	var out []control.Attachment
+	for _, a := range vol.Attachments {
+		if a.Brick != bid {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// holderGone says whether the holder of an attachment has been dead or gone
+// in gossip for at least the failover timeout, and describes its state in
+// words for logs and refusals ("alive for 3m2s", "dead for 4s").
+func (d *Daemon) holderGone(a control.Attachment) (bool, string) {
+	m, ok := d.gossipStates()[a.Brick]
+	if !ok {
+		// Never seen since this leader started: count from its start.
+		since := time.Since(d.started).Round(time.Second)
+		return since >= d.cfg.FailoverTimeout, fmt.Sprintf("not seen by gossip for %v", since)
+	}
+	for_ := time.Since(m.Since).Round(100 * time.Millisecond)
+	word := m.State.String()
+	gone := m.State == membership.StateDead || m.State == membership.StateLeft
+	return gone && for_ >= d.cfg.FailoverTimeout, fmt.Sprintf("%s for %v", word, for_)
 }
 
 func (d *Daemon) detach(ctx context.Context, name, host string) (*brickpb.VolumeResponse, error) {

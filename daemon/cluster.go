@@ -353,6 +353,28 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 	}
 }
 
+// fenceToCatalog raises this brick's epoch promise for v to the catalog's
+// epoch. A new head fences the bricks it can reach; this covers the ones it
+// could not (a paused or cut-off daemon): as soon as this daemon's Raft log
+// shows the takeover, its brick refuses the deposed head's ops too.
+func (d *Daemon) fenceToCatalog(v *control.Volume) {
+	if v.Epoch == 0 {
+		return
+	}
+	r, err := d.replicas.lookup(string(v.ID))
+	if err != nil {
+		return // reported where the replica is served
+	}
+	if _, _, promised, _ := r.State(); promised >= v.Epoch {
+		return
+	}
+	if _, err := r.Fence(v.Epoch); err != nil {
+		d.log.Warn("fencing the local replica at the catalog's epoch", "volume", v.Name, "epoch", v.Epoch, "err", err)
+		return
+	}
+	d.log.Info("local replica fenced at the catalog's epoch", "volume", v.Name, "epoch", v.Epoch, "head", d.nameOf(d.node.FSM().State(), v.Head))
+}
+
 func (d *Daemon) reconcile() {
 	st := d.node.FSM().State()
 	for _, v := range st.Volumes {
@@ -361,6 +383,7 @@ func (d *Daemon) reconcile() {
 				if _, err := d.store.Ensure(string(v.ID)); err != nil {
 					d.log.Warn("creating replica", "volume", v.Name, "err", err)
 				}
+				d.fenceToCatalog(v)
 			}
 		}
 	}

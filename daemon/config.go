@@ -6,9 +6,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/brickvol/brick/plugin/csi"
+	"github.com/brickvol/brick/plugin/docker"
 )
 
 // Fixed, documented ports on the bind address, so daemons on 127.0.0.1, .2
@@ -58,8 +62,31 @@ type Config struct {
 	// ReplicaTimeout is how long a head waits for a brick's acknowledgement
 	// before dropping it from the in-sync set (passed to mount processes).
 	ReplicaTimeout time.Duration
+	// FailoverTimeout is how long the holder of a single-access volume must
+	// have been dead (or gone) in gossip before another host's attach takes
+	// the volume over without --force.
+	FailoverTimeout time.Duration
+	// HealBandwidth throttles each heal (op-log catch-up and full resync),
+	// in bytes per second per brick; 0 is unlimited.
+	HealBandwidth int64
 	// MountLogLevel is the log level of the mount processes.
 	MountLogLevel string
+
+	// CSIEndpoint is the unix socket (unix:///path or /path) the CSI driver
+	// is served on; empty disables it (daemon/csi.go).
+	CSIEndpoint string
+	// CSIKubeletDir is the kubelet's directory: CSI staging and target paths
+	// must lie below it.
+	CSIKubeletDir string
+
+	// DockerSocket is where the Docker volume plugin is served
+	// (daemon/dockerplugin.go); empty disables it.
+	DockerSocket string
+	// DockerMountRoot is where volumes are mounted for Docker; empty means
+	// DataDir/docker. The managed plugin sets its propagated mount.
+	DockerMountRoot string
+	// DockerTimeout bounds each Docker plugin request.
+	DockerTimeout time.Duration
 
 	Logger *slog.Logger
 }
@@ -84,7 +111,12 @@ func DefaultConfig() Config {
 		ReconcileInterval: 2 * time.Second,
 		CapacityInterval:  30 * time.Second,
 		ReplicaTimeout:    3 * time.Second,
+		FailoverTimeout:   10 * time.Second,
+		HealBandwidth:     64 << 20,
 		MountLogLevel:     "info",
+		CSIKubeletDir:     "/var/lib/kubelet",
+		DockerSocket:      "/run/docker/plugins/brick.sock",
+		DockerTimeout:     docker.DefaultTimeout,
 	}
 }
 
@@ -122,13 +154,28 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s %d: want 1 to 65535", name, p)
 		}
 	}
+	if c.HealBandwidth < 0 {
+		return fmt.Errorf("--heal-bandwidth %d: must be positive, or 0 for unlimited", c.HealBandwidth)
+	}
 	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
 		return fmt.Errorf("--gossip-profile %q: want lan or local", c.GossipProfile)
 	}
 	for name, d := range map[string]time.Duration{"--dead-voter-timeout": c.DeadVoterTimeout, "--raft-heartbeat": c.RaftHeartbeat,
-		"--reconcile-interval": c.ReconcileInterval, "--capacity-interval": c.CapacityInterval, "--replica-timeout": c.ReplicaTimeout} {
+		"--reconcile-interval": c.ReconcileInterval, "--capacity-interval": c.CapacityInterval, "--replica-timeout": c.ReplicaTimeout,
+		"--failover-timeout": c.FailoverTimeout} {
 		if d <= 0 {
 			return fmt.Errorf("%s %v: must be positive", name, d)
+		}
+	}
+	if err := c.validateDocker(); err != nil {
+		return err
+	}
+	if c.CSIEndpoint != "" {
+		if _, err := csi.ParseEndpoint(c.CSIEndpoint); err != nil {
+			return fmt.Errorf("--csi-endpoint: %w", err)
+		}
+		if !filepath.IsAbs(c.CSIKubeletDir) || filepath.Clean(c.CSIKubeletDir) == "/" {
+			return fmt.Errorf("--csi-kubelet-dir %q: want an absolute directory other than /", c.CSIKubeletDir)
 		}
 	}
 	return nil

@@ -136,7 +136,7 @@ func (s *controlService) GetVolume(ctx context.Context, req *brickpb.GetVolumeRe
 	if err := volspec.ValidateName(req.Name); err != nil {
 		return nil, invalid("%v", err)
 	}
-	return readOnLeader(ctx, s.d, req, func(ctx context.Context, req *brickpb.GetVolumeRequest) (*brickpb.VolumeResponse, error) {
+	local := func(ctx context.Context, req *brickpb.GetVolumeRequest) (*brickpb.VolumeResponse, error) {
 		st := s.d.node.FSM().State()
 		for _, v := range st.Volumes {
 			if v.Name == req.Name {
@@ -144,17 +144,39 @@ func (s *controlService) GetVolume(ctx context.Context, req *brickpb.GetVolumeRe
 			}
 		}
 		return nil, fmt.Errorf("volume %q: %w", req.Name, control.ErrNotFound)
-	}, func(ctx context.Context, c brickpb.ControlClient, req *brickpb.GetVolumeRequest) (*brickpb.VolumeResponse, error) {
+	}
+	if req.LocalOnly {
+		resp, err := local(ctx, req)
+		if err == nil {
+			s.d.withLocalMounts(ctx, resp.Volume, true)
+		}
+		return resp, err
+	}
+	// Only the daemon the request came to knows which mounts are "this
+	// host's": a forwarded request is answered from the catalog alone.
+	origin := req.GetHeader().GetHops() == 0
+	resp, err := readOnLeader(ctx, s.d, req, local, func(ctx context.Context, c brickpb.ControlClient, req *brickpb.GetVolumeRequest) (*brickpb.VolumeResponse, error) {
 		return c.GetVolume(ctx, req)
 	})
+	if err == nil && origin {
+		s.d.withLocalMounts(ctx, resp.Volume, false)
+	}
+	return resp, err
 }
 
 func (s *controlService) ListVolumes(ctx context.Context, req *brickpb.ListVolumesRequest) (*brickpb.ListVolumesResponse, error) {
-	return readOnLeader(ctx, s.d, req, func(ctx context.Context, req *brickpb.ListVolumesRequest) (*brickpb.ListVolumesResponse, error) {
+	origin := req.GetHeader().GetHops() == 0
+	resp, err := readOnLeader(ctx, s.d, req, func(ctx context.Context, req *brickpb.ListVolumesRequest) (*brickpb.ListVolumesResponse, error) {
 		return &brickpb.ListVolumesResponse{Volumes: s.d.volumeInfos(s.d.node.FSM().State())}, nil
 	}, func(ctx context.Context, c brickpb.ControlClient, req *brickpb.ListVolumesRequest) (*brickpb.ListVolumesResponse, error) {
 		return c.ListVolumes(ctx, req)
 	})
+	if err == nil && origin {
+		for _, v := range resp.Volumes {
+			s.d.withLocalMounts(ctx, v, true) // a listing stays fast: no calls to heads
+		}
+	}
+	return resp, err
 }
 
 // readOnLeader is onLeader for reads: without a leader, this daemon's own
@@ -179,6 +201,26 @@ func (s *controlService) CreateVolume(ctx context.Context, req *brickpb.CreateVo
 		return s.d.createVolume(ctx, spec)
 	}, func(ctx context.Context, c brickpb.ControlClient, req *brickpb.CreateVolumeRequest) (*brickpb.VolumeResponse, error) {
 		return c.CreateVolume(ctx, req)
+	})
+}
+
+func (s *controlService) ResizeVolume(ctx context.Context, req *brickpb.ResizeVolumeRequest) (*brickpb.VolumeResponse, error) {
+	if err := volspec.ValidateName(req.Name); err != nil {
+		return nil, invalid("%v", err)
+	}
+	if req.SizeBytes == 0 || req.SizeBytes > volspec.MaxSize {
+		return nil, invalid("size %d bytes: want 1 to %d", req.SizeBytes, uint64(volspec.MaxSize))
+	}
+	return onLeader(ctx, s.d, req, func(ctx context.Context, req *brickpb.ResizeVolumeRequest) (*brickpb.VolumeResponse, error) {
+		res, err := s.d.node.Propose(ctx, control.Command{Type: control.CmdResizeVolume,
+			ResizeVolume: &control.ResizeVolume{Name: req.Name, SizeBytes: req.SizeBytes}})
+		if err != nil {
+			return nil, fmt.Errorf("resizing %q to %d bytes: %w", req.Name, req.SizeBytes, err)
+		}
+		s.d.log.Info("volume resized", "volume", req.Name, "size_bytes", req.SizeBytes)
+		return &brickpb.VolumeResponse{Volume: s.d.volumeInfo(s.d.node.FSM().State(), res.Volume), RaftIndex: res.Index}, nil
+	}, func(ctx context.Context, c brickpb.ControlClient, req *brickpb.ResizeVolumeRequest) (*brickpb.VolumeResponse, error) {
+		return c.ResizeVolume(ctx, req)
 	})
 }
 
@@ -330,4 +372,11 @@ func volumesOf(st *control.State) []*control.Volume {
 		vs = append(vs, v)
 	}
 	return vs
+}
+
+// selfHeader is the header of a request this daemon makes of its own
+// control service (mounts, the Docker and CSI adapters): it goes through
+// the same validation and forwarding as a CLI request.
+func (d *Daemon) selfHeader() *brickpb.Header {
+	return &brickpb.Header{ClusterId: d.clusterID(), SenderId: string(d.id), ProtocolVersion: brickpb.ProtocolVersion}
 }

@@ -30,6 +30,7 @@ import (
 
 	"github.com/brickvol/brick/auth"
 	"github.com/brickvol/brick/control"
+	"github.com/brickvol/brick/internal/atomicfile"
 	"github.com/brickvol/brick/membership"
 	"github.com/brickvol/brick/proto/brickpb"
 	"github.com/brickvol/brick/replica"
@@ -57,6 +58,11 @@ type Daemon struct {
 	leaderSince time.Time
 	// mountMu serialises mount and unmount requests on this host.
 	mountMu sync.Mutex
+	// resyncing admits one full resync at a time on this brick.
+	resyncing sync.Mutex
+	// started is when this daemon started (attach's failover judgement of a
+	// holder gossip has never shown it).
+	started time.Time
 	// secret is the cluster key, handed to mount processes (never logged).
 	secret string
 
@@ -76,7 +82,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	}
 	log := cfg.Logger.With("daemon", cfg.Name)
 	ctx, cancel := context.WithCancel(context.Background())
-	d = &Daemon{cfg: cfg, log: log, ctx: ctx, cancel: cancel}
+	d = &Daemon{cfg: cfg, log: log, ctx: ctx, cancel: cancel, started: time.Now()}
 	defer func() {
 		if err != nil {
 			d.Stop()
@@ -128,7 +134,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	brickpb.RegisterControlServer(d.grpcSrv, &controlService{d: d})
 	brickpb.RegisterPeerServer(d.grpcSrv, &peerService{d: d})
 	d.replicas = &replicas{d: d, m: map[string]*replica.Replica{}}
-	brickpb.RegisterReplicaServer(d.grpcSrv, replica.NewServer(d.replicas.lookup, log.With("component", "replica")))
+	brickpb.RegisterReplicaServer(d.grpcSrv, &replicaService{Server: replica.NewServer(d.replicas.lookup, log.With("component", "replica")), d: d})
 	gl, err := net.Listen("tcp", cfg.addr(cfg.GRPCPort))
 	if err != nil {
 		return nil, fmt.Errorf("listening for gRPC on %s: %w", cfg.addr(cfg.GRPCPort), err)
@@ -172,6 +178,10 @@ func Start(cfg Config) (d *Daemon, err error) {
 	d.goLoop(d.leaderLoop)
 	d.goLoop(d.reconcileLoop)
 	d.goLoop(d.capacityLoop)
+	if err := d.startCSI(); err != nil {
+		return nil, err
+	}
+	d.startDockerPlugin()
 	log.Info("brickd started", "brick_id", d.id, "bind", cfg.Bind, "grpc", cfg.addr(cfg.GRPCPort),
 		"gossip", cfg.addr(cfg.GossipPort), "raft", cfg.addr(cfg.RaftPort), "health", cfg.addr(cfg.HealthPort),
 		"socket", cfg.Socket, "data_dir", cfg.DataDir, "peers", strings.Join(cfg.Peers, ","))
@@ -294,41 +304,10 @@ func loadOrCreateID(path string) (control.BrickID, error) {
 		return "", fmt.Errorf("generating brick ID: %w", err)
 	}
 	id := "b-" + hex.EncodeToString(raw[:])
-	if err := writeFileAtomic(path, []byte(id+"\n")); err != nil {
+	if err := atomicfile.Write(path, []byte(id+"\n")); err != nil {
 		return "", fmt.Errorf("writing brick ID %s: %w", path, err)
 	}
 	return control.BrickID(id), nil
-}
-
-// writeFileAtomic writes via a temp file, fsync, rename and a directory
-// fsync, so a crash leaves the old or the new content, never a torn file.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	df, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer df.Close()
-	return df.Sync()
 }
 
 func listenUnix(path string) (net.Listener, error) {

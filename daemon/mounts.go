@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/brickvol/brick/control"
+	"github.com/brickvol/brick/internal/atomicfile"
 	"github.com/brickvol/brick/proto/brickpb"
 	"github.com/brickvol/brick/volspec"
 )
@@ -120,6 +122,49 @@ func (d *Daemon) cleanupStaleMounts() {
 			d.log.Warn("cleaned up the mount point of a dead mount process", "dir", r.Dir, "volume", r.Volume, "pid", r.PID)
 		}
 		os.Remove(d.recordPath(r.Dir))
+		os.Remove(d.statusFile(r.Volume))
+		d.goLoop(func(ctx context.Context) { d.releaseStale(ctx, r) })
+	}
+}
+
+// releaseStale detaches the volume of a dead mount process from this host
+// if it is still attached here at that mount's epoch: a host whose mount
+// died (a crash, a reboot) must not keep holding the volume, or nobody
+// could take it over while this daemon is alive. It waits for the cluster
+// (it runs at start, before Raft has a leader) for up to ten minutes.
+func (d *Daemon) releaseStale(ctx context.Context, r *MountRecord) {
+	for i := 0; i < 300; i++ {
+		done, err := func() (bool, error) {
+			d.mountMu.Lock() // a new mount of this host must not race the check
+			defer d.mountMu.Unlock()
+			st := d.node.FSM().State()
+			v, ok := st.Volumes[control.VolumeID(r.VolumeID)]
+			if !ok {
+				return true, nil
+			}
+			i := slices.IndexFunc(v.Attachments, func(a control.Attachment) bool { return a.Brick == d.id })
+			if i < 0 || v.Attachments[i].Epoch != r.Epoch {
+				return true, nil
+			}
+			hdr := d.selfHeader()
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, err := (&controlService{d: d}).DetachVolume(cctx, &brickpb.DetachVolumeRequest{Header: hdr, Name: r.Volume, Host: d.cfg.Name})
+			if err == nil || isNotFound(err) {
+				d.log.Warn("detached the volume of a mount process that died", "volume", r.Volume, "epoch", r.Epoch, "dir", r.Dir)
+				return true, nil
+			}
+			return false, err
+		}()
+		if done {
+			return
+		}
+		d.log.Debug("detaching the volume of a dead mount process; retrying", "volume", r.Volume, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
 	}
 }
 
@@ -152,14 +197,11 @@ func (s *controlService) MountVolume(ctx context.Context, req *brickpb.MountVolu
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is already mounted on this host at %s", req.Name, r.Dir)
 		}
 	}
-	// A fresh mount process always starts a new epoch, so a mount process
-	// of this host that is wedged rather than dead is fenced too.
-	hdr := &brickpb.Header{ClusterId: d.clusterID(), SenderId: string(d.id), ProtocolVersion: brickpb.ProtocolVersion}
-	if _, err := s.DetachVolume(ctx, &brickpb.DetachVolumeRequest{Header: hdr, Name: req.Name, Host: d.cfg.Name}); err != nil &&
-		!isNotFound(err) {
-		return nil, err
-	}
-	att, err := s.AttachVolume(ctx, &brickpb.AttachVolumeRequest{Header: hdr, Name: req.Name, Host: d.cfg.Name, Force: req.Force})
+	// A fresh mount process always starts a new epoch (renew), so a mount
+	// process of this host that is wedged rather than dead is fenced too.
+	hdr := d.selfHeader()
+	att, err := s.AttachVolume(ctx, &brickpb.AttachVolumeRequest{Header: hdr, Name: req.Name, Host: d.cfg.Name,
+		Force: req.Force, Renew: true})
 	if err != nil {
 		return nil, err
 	}
@@ -205,6 +247,8 @@ func (d *Daemon) startMountProcess(ctx context.Context, vol *brickpb.Volume, dir
 		"BRICK_CLUSTER_KEY="+d.secret,
 		"BRICK_LOG_LEVEL="+d.cfg.MountLogLevel,
 		fmt.Sprintf("BRICK_REPLICA_TIMEOUT=%s", d.cfg.ReplicaTimeout),
+		"BRICK_MOUNT_STATUS_FILE="+d.statusFile(vol.Name),
+		fmt.Sprintf("BRICK_HEAL_BANDWIDTH=%d", d.cfg.HealBandwidth),
 	)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{pw} // fd 3: "ready" or an error line
@@ -237,7 +281,7 @@ func (d *Daemon) startMountProcess(ctx context.Context, vol *brickpb.Volume, dir
 		return nil, status.Errorf(codes.DeadlineExceeded, "mounting %s at %s: the mount process did not become ready in time; see %s", vol.Name, dir, logPath)
 	}
 	b, _ := json.Marshal(rec)
-	if err := writeFileAtomic(d.recordPath(dir), b); err != nil {
+	if err := atomicfile.Write(d.recordPath(dir), b); err != nil {
 		return nil, fmt.Errorf("recording the mount: %w", err)
 	}
 	go func() { <-exited }() // reap; the process outlives us if brickd stops
@@ -273,8 +317,9 @@ func (s *controlService) UnmountVolume(ctx context.Context, req *brickpb.Unmount
 		}
 	}
 	os.Remove(d.recordPath(dir))
+	os.Remove(d.statusFile(r.Volume))
 	if !req.KeepAttached {
-		hdr := &brickpb.Header{ClusterId: d.clusterID(), SenderId: string(d.id), ProtocolVersion: brickpb.ProtocolVersion}
+		hdr := d.selfHeader()
 		if _, err := s.DetachVolume(ctx, &brickpb.DetachVolumeRequest{Header: hdr, Name: r.Volume, Host: d.cfg.Name}); err != nil &&
 			!isNotFound(err) {
 			return nil, fmt.Errorf("unmounted %s, but detaching %s failed: %w", dir, r.Volume, err)

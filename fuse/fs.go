@@ -39,9 +39,9 @@ func newFileSystem(b Backend, opts Options) *fileSystem {
 		opts:    opts,
 		log:     log,
 		errs:    errLog{log: log, now: time.Now},
-		quota:   quota{limit: opts.QuotaBytes},
 		orphans: map[uint64]int{},
 	}
+	f.quota.limit.Store(opts.QuotaBytes)
 	if u, ok := b.(UsageReporter); ok {
 		f.quota.usage = u
 	}

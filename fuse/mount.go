@@ -175,6 +175,10 @@ func Mount(dir string, b Backend, opts Options) (*Server, error) {
 // Dir is the mount point.
 func (s *Server) Dir() string { return s.dir }
 
+// SetQuotaBytes changes the volume's size quota of a mounted volume (a
+// resize): statfs and ENOSPC follow at once. 0 removes the quota.
+func (s *Server) SetQuotaBytes(n int64) { s.fsys.quota.limit.Store(max(n, 0)) }
+
 // Unmount unmounts the volume and waits until the server has stopped and
 // the files that were unlinked while open have been forgotten. It fails,
 // after a few quick retries, while the mount is busy (open files, a working

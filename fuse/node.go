@@ -491,16 +491,17 @@ func (n *node) Statfs(ctx context.Context, out *gofuse.StatfsOut) syscall.Errno 
 	out.Files, out.Ffree = st.Files, st.Ffree
 	out.NameLen = nameMax
 	q := &n.fsys.quota
-	if q.limit == 0 {
+	limit := q.limit.Load()
+	if limit == 0 {
 		out.Blocks, out.Bfree, out.Bavail = st.Blocks, st.Bfree, st.Bavail
 		out.Bsize, out.Frsize = st.Bsize, st.Bsize
 		return 0
 	}
-	free := q.limit
+	free := limit
 	if used, ok, err := q.used(ctx); err != nil {
 		n.fsys.fail("statfs", err, query)
 	} else if ok {
-		free = max(0, q.limit-used)
+		free = max(0, limit-used)
 	}
 	if st.Bsize > 0 {
 		brickFree := st.Bavail * uint64(st.Bsize)
@@ -509,7 +510,7 @@ func (n *node) Statfs(ctx context.Context, out *gofuse.StatfsOut) syscall.Errno 
 		}
 	}
 	out.Bsize, out.Frsize = blockSize, blockSize
-	out.Blocks = uint64(q.limit) / blockSize
+	out.Blocks = uint64(limit) / blockSize
 	out.Bfree = uint64(free) / blockSize
 	out.Bavail = out.Bfree
 	return 0

@@ -17,7 +17,10 @@ import (
 // any more:
 //
 //   - at once, from the unlink or rename, when no handle is open on it: the
-//     space is free when unlink(2) returns, as on a local disk. An open
+//     space is free when unlink(2) returns, as on a local disk, provided
+//     the kernel's RELEASE of the last descriptor (sent asynchronously
+//     after close(2)) arrived first; else by the next case, moments later.
+//     An open
 //     racing with that unlink gets ENOENT (node.gone), as if it came after;
 //   - otherwise when the kernel forgets the inode (OnForget), after the last
 //     descriptor and mapping are gone, from a goroutine of its own;

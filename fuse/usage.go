@@ -3,6 +3,7 @@ package fuse
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -26,7 +27,7 @@ type UsageReporter interface {
 // possible, counting it never is not, so concurrent writers cannot
 // overshoot the quota together.
 type quota struct {
-	limit int64         // bytes; 0 = no quota
+	limit atomic.Int64  // bytes; 0 = no quota (changes online: SetQuotaBytes)
 	usage UsageReporter // nil = the backend cannot say; not enforced
 
 	mu      sync.Mutex
@@ -34,7 +35,7 @@ type quota struct {
 }
 
 // enforced reports whether admit can refuse anything.
-func (q *quota) enforced() bool { return q.limit > 0 && q.usage != nil }
+func (q *quota) enforced() bool { return q.limit.Load() > 0 && q.usage != nil }
 
 // admit reserves grow bytes, or fails with ENOSPC when they do not fit.
 // The returned release must be called once the op has returned from Do,
@@ -49,7 +50,7 @@ func (q *quota) admit(ctx context.Context, grow int64) (release func(), err erro
 	if err != nil {
 		return nil, err
 	}
-	if used+q.pending+grow > q.limit {
+	if used+q.pending+grow > q.limit.Load() {
 		return nil, syscall.ENOSPC
 	}
 	q.pending += grow

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -31,6 +32,23 @@ func (b *backend) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, er
 }
 
 func (b *backend) Sync(ctx context.Context) error { return b.h.Sync(ctx) }
+
+// UsedBytes implements fuse.UsageReporter from the head's estimate (the
+// primary brick's count plus what it has not acknowledged yet), so the
+// volume's size quota is enforced without a round trip per write.
+func (b *backend) UsedBytes(ctx context.Context) (int64, error) {
+	// Right after the mount the primary's stream may not be up yet: wait
+	// for its first report rather than fail the write.
+	select {
+	case <-b.h.UsageKnown():
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+	}
+	if u, ok := b.h.UsedBytes(); ok {
+		return u, nil
+	}
+	return 0, fmt.Errorf("the volume's usage is not known (no report from the primary brick %s)", b.h.Primary())
+}
 
 func (b *backend) ref() *brickpb.VolumeRef {
 	return &brickpb.VolumeRef{Header: b.c.header(), VolumeId: b.volID, Epoch: b.h.Epoch()}

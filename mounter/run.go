@@ -28,7 +28,13 @@ type Config struct {
 	Key     string // cluster key
 	// ReplicaTimeout: see head.Config.
 	ReplicaTimeout time.Duration
-	Logger         *slog.Logger
+	// StatusFile, when set, is kept up to date with the head's status
+	// (StatusFile) for brickd.
+	StatusFile string
+	// HealBandwidth throttles each heal in bytes/s (0 unlimited, <0 the
+	// head's default).
+	HealBandwidth int64
+	Logger        *slog.Logger
 	// Ready receives "ready\n" once the file system is mounted, or the
 	// error that stopped the mount; then it is closed.
 	Ready io.WriteCloser
@@ -81,34 +87,27 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 
 	// Fence every in-sync brick at our epoch and bring them level from the
-	// longest log before the first op.
-	states := fenceAll(ctx, c, vol.Id, vol.Epoch, vol.Isr, addrs)
-	src, failed := level(ctx, c, vol.Id, vol.Epoch, states, log)
-	if src == nil {
-		return fmt.Errorf("no in-sync brick of %s could be reached to fence: %v", vol.Name, states[0].err)
+	// longest log before the first op; drop the ones that cannot be.
+	tr := &transport{c: c, volID: vol.Id, addrs: addrs}
+	to, err := head.Takeover(ctx, tr, vol.Epoch, vol.Isr, log)
+	if err != nil {
+		return fmt.Errorf("taking %s over at epoch %d: %w", vol.Name, vol.Epoch, err)
 	}
-	isr := slices.Clone(vol.Isr)
-	var maxFID uint64 = fuse.RootFID // the root exists in every replica
-	for _, s := range states {
-		if s.fence != nil && s.fence.MaxFid > maxFID {
-			maxFID = s.fence.MaxFid
-		}
-	}
-	if len(failed) > 0 {
-		isr = slices.DeleteFunc(isr, func(id string) bool {
-			return slices.ContainsFunc(failed, func(s *brickState) bool { return s.id == id })
-		})
-		log.Warn("dropping unreachable or lagging bricks from the in-sync set before the first write", "isr", isr)
+	isr := to.Level
+	maxFID := max(to.MaxFID, fuse.RootFID) // the root exists in every replica
+	if len(to.Failed) > 0 {
+		log.Warn("dropping unreachable or lagging bricks from the in-sync set before the first write", "isr", isr,
+			"failed", fmt.Sprint(to.Failed))
 		k := &control{c: c, daemon: cfg.Daemon, others: others, volID: vol.Id}
 		if _, err := k.SetISR(cctx, vol.Epoch, isr); err != nil {
 			return fmt.Errorf("shrinking the in-sync set of %s: %w", vol.Name, err)
 		}
 	}
-	log.Info("fenced", "isr", isr, "start_seq", src.fence.AppliedSeq, "max_fid", maxFID, "source", src.id)
+	log.Info("fenced", "isr", isr, "start_seq", to.StartSeq, "max_fid", maxFID, "source", to.Source)
 
 	hc := head.DefaultConfig()
 	hc.Volume, hc.Epoch = vol.Name, vol.Epoch
-	hc.StartSeq, hc.MaxFID = src.fence.AppliedSeq, maxFID
+	hc.StartSeq, hc.MaxFID = to.StartSeq, maxFID
 	for _, p := range vol.Placement {
 		hc.Placement = append(hc.Placement, p.BrickId)
 	}
@@ -119,13 +118,23 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.ReplicaTimeout > 0 {
 		hc.ReplicaTimeout = cfg.ReplicaTimeout
 	}
+	if cfg.HealBandwidth >= 0 {
+		hc.HealBytesPerSec = cfg.HealBandwidth
+	}
 	hc.Logger = log.With("component", "head")
-	h, err := head.Start(ctx, hc, &transport{c: c, volID: vol.Id, addrs: addrs},
+	h, err := head.Start(ctx, hc, tr,
 		&control{c: c, daemon: cfg.Daemon, others: others, volID: vol.Id}, head.SystemClock(), hc.Logger)
 	if err != nil {
 		return fmt.Errorf("starting the head of %s: %w", vol.Name, err)
 	}
 	defer h.Close()
+	rs := &resyncer{h: h, c: c, volID: vol.Id, addrs: addrs, log: log.With("component", "resync"), rate: hc.HealBytesPerSec}
+	rctx, stopResync := context.WithCancel(ctx)
+	defer stopResync()
+	go rs.run(rctx)
+	if cfg.StatusFile != "" {
+		go writeStatus(rctx, cfg.StatusFile, h, &rs.active)
+	}
 
 	be := &backend{h: h, c: c, volID: vol.Id, addrs: addrs, log: log}
 	opts := fuse.DefaultOptions(vol.Name)
@@ -137,6 +146,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("mounting %s at %s: %w", vol.Name, cfg.Dir, err)
 	}
 	log.Info("mounted")
+	go followSize(rctx, ctl, c, vol.Name, int64(vol.SizeBytes), srv, log)
 	if cfg.Ready != nil {
 		io.WriteString(cfg.Ready, "ready\n")
 		cfg.Ready.Close()

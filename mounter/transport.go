@@ -51,10 +51,9 @@ func (t *transport) Open(ctx context.Context, brick string, epoch uint64) (head.
 		cancel()
 		return nil, head.Position{}, classify(fmt.Errorf("opening the replication stream to %s: %w", brick, err))
 	}
-	// NeedsFullHeal stays empty: FenceResponse does not carry the
-	// replica's suspect mark yet.
 	return &stream{st: st, cancel: cancel, brick: brick},
-		head.Position{Applied: f.AppliedSeq, Synced: f.SyncedSeq, AppliedEpoch: f.AppliedEpoch}, nil
+		head.Position{Applied: f.AppliedSeq, Synced: f.SyncedSeq, AppliedEpoch: f.AppliedEpoch, MaxFID: f.MaxFid,
+			NeedsFullHeal: f.NeedsFullHeal, UsedBytes: f.UsedBytes}, nil
 }
 
 // OpsSince streams source's op log after afterSeq (Replica.OpsSince at

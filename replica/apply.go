@@ -105,6 +105,18 @@ func (r *Replica) Apply(ops []*brickpb.Op) ([]*brickpb.OpResult, error) {
 	return results, refused
 }
 
+// sizeOp reports whether op may change the size of a regular file, or
+// remove one (Replica.used follows it).
+func sizeOp(op *brickpb.Op) bool {
+	switch op.Type {
+	case brickpb.OpType_OP_WRITE, brickpb.OpType_OP_TRUNCATE, brickpb.OpType_OP_FALLOCATE, brickpb.OpType_OP_FORGET:
+		return true
+	case brickpb.OpType_OP_SETATTR:
+		return op.Valid&uint32(brickpb.SetattrBit_SETATTR_SIZE) != 0
+	}
+	return false
+}
+
 // exactOp reports whether re-applying op over a tree that already holds
 // its effect (and that of later ops) could give a different tree. Such
 // ops are bracketed by an intent commit (see step); the others (writes,
@@ -147,7 +159,22 @@ func (r *Replica) step(op *brickpb.Op, redo bool) (*brickpb.OpResult, error) {
 		}
 		return res, nil
 	}
+	before := int64(-1)
+	if sizeOp(op) {
+		before = r.fidSize(op.Fid)
+	}
 	attr, err := r.applyOp(op, redo)
+	if before >= 0 && err == nil {
+		after := int64(0) // gone after a FORGET
+		if a := attr; a != nil && a.Fid == op.Fid {
+			after = a.Size // what the op reports: no second stat on the write path
+		} else if op.Type != brickpb.OpType_OP_FORGET {
+			after = max(r.fidSize(op.Fid), 0)
+		}
+		r.mu.Lock()
+		r.used += after - before
+		r.mu.Unlock()
+	}
 	if herr := r.hookAt("applied"); herr != nil {
 		return nil, fmt.Errorf("%w: op %d: %w", ErrLocalFailure, op.Seq, herr)
 	}
@@ -191,6 +218,9 @@ func (r *Replica) publish(op *brickpb.Op) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.applied, r.appliedEpoch = op.Seq, op.Epoch
+	if op.OriginEpoch != 0 {
+		r.appliedEpoch = op.OriginEpoch // the op's identity, not its last forwarder
+	}
 	r.promised = max(r.promised, op.Epoch)
 	if r.progress != nil {
 		close(r.progress)

@@ -170,3 +170,10 @@ func (r *Replica) OpsSince(seq uint64) ([]*brickpb.Op, error) {
 	})
 	return ops, err
 }
+
+// LogRange is the range of ops the op log holds (first 0: empty).
+func (r *Replica) LogRange() (first, last uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.logFirst, r.logLast
+}

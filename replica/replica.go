@@ -125,14 +125,18 @@ type Replica struct {
 	mu           sync.Mutex // guards the fields below; never held across I/O
 	applied      uint64
 	appliedEpoch uint64
-	synced       uint64
-	promised     uint64
-	maxFID       uint64
-	suspect      string
-	closed       bool
-	progress     chan struct{}      // closed and cleared when applied moves or on Close
-	pendDirs     map[uint64]*dirRec // directory map changes not yet in meta.db; nil: removed
-	readers      sync.WaitGroup
+	// used is the sum of the sizes of the regular files in fids/ (every
+	// regular file until OP_FORGET), kept by step; counted afresh by
+	// every open.
+	used     int64
+	synced   uint64
+	promised uint64
+	maxFID   uint64
+	suspect  string
+	closed   bool
+	progress chan struct{}      // closed and cleared when applied moves or on Close
+	pendDirs map[uint64]*dirRec // directory map changes not yet in meta.db; nil: removed
+	readers  sync.WaitGroup
 }
 
 // bootID identifies the running kernel; a variable so tests can fake a
@@ -228,6 +232,9 @@ func (r *Replica) open() error {
 		if err := r.rebuildIndex(); err != nil {
 			return err
 		}
+	}
+	if err := r.countUsed(); err != nil {
+		return err
 	}
 	return r.commit(true, func(tx *bolt.Tx) error {
 		m := tx.Bucket(bucketMeta)
@@ -455,6 +462,41 @@ func (r *Replica) commit(durable bool, extra func(*bolt.Tx) error) error {
 
 // State reports the replica's position: the last applied seq, the last
 // synced seq, the epoch promise and the highest file ID.
+// Usage is the sum of the sizes of the replica's regular files and the
+// applied seq it is true at.
+func (r *Replica) Usage() (used int64, applied uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.used, r.applied
+}
+
+// countUsed sums the sizes of the regular files in fids/.
+func (r *Replica) countUsed() error {
+	ents, err := listDir(r.fidsFD)
+	if err != nil {
+		return fmt.Errorf("%w: counting usage: %w", ErrLocalFailure, err)
+	}
+	var used int64
+	for _, e := range ents {
+		if st, err := lstatAt(r.fidsFD, e.name); err == nil && isReg(&st) {
+			used += st.Size
+		}
+	}
+	r.mu.Lock()
+	r.used = used
+	r.mu.Unlock()
+	return nil
+}
+
+// fidSize is the size of regular file fid, or -1 (not one, or gone).
+func (r *Replica) fidSize(fid uint64) int64 {
+	st, err := lstatAt(r.fidsFD, fidName(fid))
+	if err != nil || !isReg(&st) {
+		return -1
+	}
+	return st.Size
+}
+
 func (r *Replica) State() (applied, synced, promised, maxFID uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -490,7 +532,7 @@ func (r *Replica) Fence(epoch uint64) (*brickpb.FenceResponse, error) {
 	defer r.mu.Unlock()
 	return &brickpb.FenceResponse{
 		PromisedEpoch: r.promised, AppliedEpoch: r.appliedEpoch, AppliedSeq: r.applied,
-		SyncedSeq: r.synced, MaxFid: r.maxFID, LogFirstSeq: r.logFirst,
+		SyncedSeq: r.synced, MaxFid: r.maxFID, LogFirstSeq: r.logFirst, NeedsFullHeal: r.suspect, UsedBytes: r.used,
 	}, nil
 }
 

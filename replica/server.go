@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"syscall"
 
 	"google.golang.org/grpc"
@@ -173,7 +174,11 @@ func (s *Server) Replicate(stream grpc.BidiStreamingServer[brickpb.ReplicateRequ
 			}
 		}
 		applied, synced, _, _ := r.State()
-		if err := stream.Send(&brickpb.ReplicateAck{AppliedSeq: applied, SyncedSeq: synced, Results: results}); err != nil {
+		used, usedAt := r.Usage()
+		if usedAt != applied {
+			used = -1 // another stream moved on meanwhile: no figure this time
+		}
+		if err := stream.Send(&brickpb.ReplicateAck{AppliedSeq: applied, SyncedSeq: synced, Results: results, UsedBytes: used}); err != nil {
 			return err
 		}
 	}
@@ -222,4 +227,63 @@ func (s *Server) OpsSince(req *brickpb.OpsSinceRequest, stream grpc.ServerStream
 		return toStatus(&StaleEpochError{Epoch: req.Ref.Epoch, Promise: promised})
 	}
 	return toStatus(r.ScanOps(req.AfterSeq, stream.Send))
+}
+
+// Snapshot streams the replica's structure at its applied position, then
+// the chunk checksums of its regular files, refusing a stale epoch like a
+// read (see Replica.Snapshot).
+func (s *Server) Snapshot(req *brickpb.SnapshotRequest, stream grpc.ServerStreamingServer[brickpb.SnapshotPart]) error {
+	r, err := s.replicaFor(req.GetRef())
+	if err != nil {
+		return err
+	}
+	if _, _, promised, _ := r.State(); req.Ref.Epoch < promised {
+		return toStatus(&StaleEpochError{Epoch: req.Ref.Epoch, Promise: promised})
+	}
+	part, err := r.Snapshot()
+	if err != nil {
+		return toStatus(err)
+	}
+	var files []uint64
+	for _, e := range part.Entries {
+		if e.Mode&syscall.S_IFMT == syscall.S_IFREG && !slices.Contains(files, e.Fid) {
+			files = append(files, e.Fid)
+		}
+	}
+	// Structure in slices of a few thousand entries, so no message nears
+	// gRPC's size limit.
+	ents := part.Entries
+	part.Entries = nil
+	for first := true; first || len(ents) > 0; first = false {
+		n := min(len(ents), 2000)
+		part.Entries = ents[:n]
+		ents = ents[n:]
+		if err := stream.Send(part); err != nil {
+			return err
+		}
+		part = &brickpb.SnapshotPart{}
+	}
+	var batch []*brickpb.FileSums
+	size := 0
+	for _, fid := range files {
+		sums, sz, err := r.ChunkSums(fid)
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EINVAL) {
+			continue // gone or replaced since the snapshot: the replay decides
+		}
+		if err != nil {
+			return toStatus(err)
+		}
+		batch = append(batch, &brickpb.FileSums{Fid: fid, Size: sz, Chunks: sums})
+		size += 4*len(sums) + 16
+		if size > 1<<20 {
+			if err := stream.Send(&brickpb.SnapshotPart{Sums: batch}); err != nil {
+				return err
+			}
+			batch, size = nil, 0
+		}
+	}
+	if len(batch) > 0 {
+		return stream.Send(&brickpb.SnapshotPart{Sums: batch})
+	}
+	return nil
 }

@@ -5,6 +5,11 @@ set -euo pipefail
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v sqlite3 >/dev/null || need+=(sqlite3)
+# The failover scenarios run H2 (GoCD's database) from a small Java program.
+command -v javac >/dev/null || need+=(default-jdk-headless)
+[ -f /usr/share/java/h2.jar ] || need+=(libh2-java)
+# The Docker scenarios build their test image FROM scratch with a static busybox.
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: missing ${need[*]}; run as root or install them" >&2; exit 1

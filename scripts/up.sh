@@ -12,6 +12,13 @@ fi
 key=$(cat "$dev/cluster-key")
 sock1=/run/brick/brick.sock
 [ -w /run ] || sock1="$dev/n1/brick.sock"
+# When a Docker engine runs here, n1 serves the Docker volume plugin on
+# /run/docker/plugins/brick.sock (the plain-socket install: Docker finds it
+# as driver "brick"); the other daemons of this one machine serve none.
+docker_sock=off
+if [ -w /run ] && command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  docker_sock=/run/docker/plugins/brick.sock
+fi
 for i in 1 2 3; do
   n=n$i; ip=127.0.0.$i
   mkdir -p "$dev/$n"
@@ -20,8 +27,9 @@ for i in 1 2 3; do
   fi
   sock="$dev/$n/brick.sock"; [ $i = 1 ] && sock=$sock1
   peers=""; [ $i != 1 ] && peers=127.0.0.1
+  dsock=off; [ $i = 1 ] && dsock=$docker_sock
   BRICK_NAME=$n BRICK_BIND=$ip BRICK_DATA_DIR="$dev/$n/data" BRICK_SOCKET="$sock" BRICK_PEERS=$peers \
-    BRICK_CLUSTER_KEY="$key" nohup ./bin/brickd >>"$dev/$n/brickd.log" 2>&1 &
+    BRICK_DOCKER_SOCKET=$dsock BRICK_CLUSTER_KEY="$key" nohup ./bin/brickd >>"$dev/$n/brickd.log" 2>&1 &
   echo $! > "$dev/$n/pid"
 done
 echo -n "waiting for the cluster to be healthy"
@@ -35,6 +43,18 @@ for _ in $(seq 1 120); do
     if ! grep -q " $mnt fuse" /proc/mounts; then
       ./bin/brick --timeout 60s volume mount demo "$mnt"
     fi
+    docker_msg="Docker: no Docker engine answers here, so no Docker plugin was registered (see docs/docker.md)."
+    if [ "$docker_sock" != off ]; then
+      if grep -q "serving the Docker volume plugin.*socket=$docker_sock" "$dev/n1/brickd.log" && [ -S "$docker_sock" ] &&
+        docker volume create --driver brick --opt replicas=3 --opt size=1G web >/dev/null; then
+        docker_msg="Docker: n1 serves the volume plugin on $docker_sock (driver \"brick\"); volume \"web\" (3 replicas) is ready:
+  docker run --rm -v web:/data IMAGE sh -c 'echo hello > /data/hello; sync'
+  docker volume inspect web
+  docker volume create --driver brick --opt replicas=2 --opt size=5G db"
+      else
+        docker_msg="Docker: n1 does not serve the plugin on $docker_sock (another brickd may hold it); see $dev/n1/brickd.log."
+      fi
+    fi
     ./bin/brick status
     cat <<MSG
 
@@ -47,6 +67,7 @@ Try:
   ./bin/brick peer ls
   ./bin/brick volume create data --replicas 2 --size 1G
   BRICK_SERVER=127.0.0.2 BRICK_CLUSTER_KEY=\$(cat $dev/cluster-key) ./bin/brick volume ls
+$docker_msg
 Stop it with: make down
 MSG
     exit 0

@@ -80,8 +80,11 @@ func New(t testing.TB, subnet int) *Cluster {
 	c := &Cluster{
 		T: t, Bin: Build(t), Dir: t.TempDir(), Net: fmt.Sprintf("127.0.%d.", subnet),
 		Key: "chaos-test-cluster-key-0123456789", All: map[string]*Daemon{},
+		// No Docker plugin unless a scenario asks (a Daemon's Env comes
+		// last and wins): a scenario daemon must not take Docker's "brick"
+		// driver from a make-up cluster, nor leave its socket behind.
 		Env: []string{"BRICK_GOSSIP_PROFILE=local", "BRICK_RAFT_HEARTBEAT=500ms", "BRICK_RECONCILE_INTERVAL=500ms",
-			"BRICK_LOG_LEVEL=debug"},
+			"BRICK_LOG_LEVEL=debug", "BRICK_DOCKER_SOCKET=off"},
 	}
 	t.Cleanup(func() {
 		for _, d := range c.All {
@@ -211,6 +214,36 @@ func (d *Daemon) Running() bool {
 	defer d.mu.Unlock()
 	return d.cmd != nil
 }
+
+// MountPIDs are the PIDs of the daemon's mount processes, from brickd's
+// records.
+func (d *Daemon) MountPIDs() []int {
+	recs, _ := filepath.Glob(filepath.Join(d.DataDir, "mounts", "*.json"))
+	var out []int
+	for _, p := range recs {
+		var r struct {
+			PID int `json:"pid"`
+		}
+		b, _ := os.ReadFile(p)
+		if json.Unmarshal(b, &r) == nil && r.PID > 0 {
+			out = append(out, r.PID)
+		}
+	}
+	return out
+}
+
+// SignalMounts sends s to every mount process of the daemon (SIGSTOP and
+// SIGCONT freeze and thaw a host together with Stop and Cont).
+func (d *Daemon) SignalMounts(s syscall.Signal) {
+	for _, pid := range d.MountPIDs() {
+		syscall.Kill(pid, s)
+	}
+}
+
+// KillMounts kills the daemon's mount processes with SIGKILL: with Kill,
+// a host dying. The mount points stay (every access fails with ENOTCONN,
+// as on a host whose FUSE server died) until the test's cleanup.
+func (d *Daemon) KillMounts() { d.SignalMounts(syscall.SIGKILL) }
 
 // killMounts kills the daemon's mount processes (from brickd's records)
 // and lazily unmounts their mount points.

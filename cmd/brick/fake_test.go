@@ -252,6 +252,9 @@ func fixtureVolumes() []*brickpb.Volume {
 				{BrickId: "b-9c07", BrickName: "ci-2", Epoch: 7, SinceUnixMs: msAgo(19 * time.Second)},
 			},
 			CreatedUnixMs: msAgo(72 * time.Hour),
+			Heals: []*brickpb.HealProgress{{BrickId: "b-4f1a", BrickName: "ci-1", State: "healing", Phase: "op-log",
+				BytesRemaining: 48 << 20, BytesTotal: 192 << 20, OpsRemaining: 1200, FilesRemaining: -1,
+				RateBytesPerSec: 16 << 20, EtaMs: 3000}},
 		},
 	}
 }

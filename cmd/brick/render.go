@@ -56,6 +56,22 @@ type volumeJSON struct {
 	State       string            `json:"state"`
 	StateReason string            `json:"state_reason"`
 	Created     *time.Time        `json:"created"`
+	Heals       []healJSON        `json:"heals"`
+}
+
+// healJSON is one brick being healed, as the head reports it.
+type healJSON struct {
+	BrickID         string  `json:"brick_id"`
+	BrickName       string  `json:"brick_name"`
+	State           string  `json:"state"`
+	Phase           string  `json:"phase"`
+	BytesRemaining  int64   `json:"bytes_remaining"` // -1: unknown
+	BytesTotal      int64   `json:"bytes_total"`
+	OpsRemaining    uint64  `json:"ops_remaining"`
+	FilesRemaining  int64   `json:"files_remaining"` // -1: unknown
+	RateBytesPerSec float64 `json:"rate_bytes_per_sec"`
+	ETASeconds      float64 `json:"eta_seconds"` // -1: unknown
+	Reason          string  `json:"reason"`
 }
 
 type placementJSON struct {
@@ -153,6 +169,17 @@ func volumeToJSON(v *brickpb.Volume) volumeJSON {
 		State:       v.GetState(),
 		StateReason: v.GetStateReason(),
 		Created:     unixMs(v.GetCreatedUnixMs()),
+		Heals:       []healJSON{},
+	}
+	for _, h := range v.GetHeals() {
+		eta := -1.0
+		if h.GetEtaMs() >= 0 {
+			eta = float64(h.GetEtaMs()) / 1000
+		}
+		j.Heals = append(j.Heals, healJSON{BrickID: h.GetBrickId(), BrickName: h.GetBrickName(), State: h.GetState(),
+			Phase: h.GetPhase(), BytesRemaining: h.GetBytesRemaining(), BytesTotal: h.GetBytesTotal(),
+			OpsRemaining: h.GetOpsRemaining(), FilesRemaining: h.GetFilesRemaining(), RateBytesPerSec: h.GetRateBytesPerSec(),
+			ETASeconds: eta, Reason: h.GetReason()})
 	}
 	maps.Copy(j.Labels, v.GetLabels())
 	for _, p := range v.GetPlacement() {
@@ -371,14 +398,59 @@ func writeVolumeBricks(w io.Writer, v *brickpb.Volume) error {
 	return tw.Flush()
 }
 
-// writeVolumeDetail is the human view of one volume: a summary, then its
-// bricks. `volume status` will add heal progress as a further section.
+// writeVolumeDetail is the human view of one volume: a summary, its
+// bricks, and the heals in progress.
 func writeVolumeDetail(w io.Writer, v *brickpb.Volume, now time.Time, loc *time.Location) error {
 	if err := writeVolumeSummary(w, v, now, loc); err != nil {
 		return err
 	}
 	fmt.Fprintln(w)
-	return writeVolumeBricks(w, v)
+	if err := writeVolumeBricks(w, v); err != nil {
+		return err
+	}
+	if len(v.GetHeals()) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw := newTable(w)
+	fmt.Fprintln(tw, "HEALING	STATE	PROGRESS	REMAINING	RATE	ETA")
+	for _, h := range v.GetHeals() {
+		state := h.GetState()
+		if p := h.GetPhase(); p != "" {
+			state += " (" + p + ")"
+		}
+		left := fmt.Sprintf("%d ops", h.GetOpsRemaining())
+		if b := h.GetBytesRemaining(); b >= 0 {
+			left = volspec.FormatSize(uint64(b)) + ", " + left
+		}
+		if f := h.GetFilesRemaining(); f >= 0 {
+			left += fmt.Sprintf(", %d files", f)
+		}
+		rate, eta := "-", "-"
+		if r := h.GetRateBytesPerSec(); r > 0 {
+			rate = volspec.FormatSize(uint64(r)) + "/s"
+		}
+		if e := h.GetEtaMs(); e >= 0 {
+			eta = (time.Duration(e) * time.Millisecond).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", cell(firstOf(h.GetBrickName(), h.GetBrickId())), cell(state),
+			progressBar(h.GetBytesTotal(), h.GetBytesRemaining(), 20), left, rate, eta)
+		if r := h.GetReason(); r != "" && h.GetState() != "healing" {
+			fmt.Fprintf(tw, "\t%s\t\t\t\t\n", cell(r))
+		}
+	}
+	return tw.Flush()
+}
+
+// progressBar draws how much of total is done: "[#######-------] 52%", or
+// an empty bar when the total is unknown.
+func progressBar(total, remaining int64, width int) string {
+	if total <= 0 || remaining < 0 {
+		return "[" + strings.Repeat("?", width) + "]"
+	}
+	done := float64(total-min(remaining, total)) / float64(total)
+	n := int(done * float64(width))
+	return fmt.Sprintf("[%s%s] %3.0f%%", strings.Repeat("#", n), strings.Repeat("-", width-n), done*100)
 }
 
 // writeClusterStatus is `brick status`: one line about the cluster, then

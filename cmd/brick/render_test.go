@@ -55,6 +55,9 @@ BRICK   HOST  STATE       GOSSIP
 b-4f1a  ci-1  out-of-isr  dead
 b-9c07  ci-2  in-sync     alive
 b-e210  ci-3  in-sync     alive
+
+HEALING  STATE             PROGRESS                     REMAINING         RATE      ETA
+ci-1     healing (op-log)  [###############-----]  75%  48 MiB, 1200 ops  16 MiB/s  3s
 `
 
 func TestPeersTable(t *testing.T) {
@@ -225,7 +228,22 @@ const wantGocdJSON = `
   ],
   "state": "degraded",
   "state_reason": "b-4f1a is out of the ISR",
-  "created": "2026-11-20T14:02:30Z"
+  "created": "2026-11-20T14:02:30Z",
+  "heals": [
+    {
+      "brick_id": "b-4f1a",
+      "brick_name": "ci-1",
+      "state": "healing",
+      "phase": "op-log",
+      "bytes_remaining": 50331648,
+      "bytes_total": 201326592,
+      "ops_remaining": 1200,
+      "files_remaining": -1,
+      "rate_bytes_per_sec": 16777216,
+      "eta_seconds": 3,
+      "reason": ""
+    }
+  ]
 }
 `
 
@@ -255,7 +273,8 @@ func TestVolumeJSON(t *testing.T) {
   "attachments": [],
   "state": "",
   "state_reason": "",
-  "created": null
+  "created": null,
+  "heals": []
 }
 `)
 }

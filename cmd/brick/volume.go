@@ -22,7 +22,7 @@ func (a *app) volumeCommand() *cobra.Command {
 	}
 	cmd.AddCommand(a.volumeCreateCommand(), a.volumeListCommand(), a.volumeInspectCommand(),
 		a.volumeStatusCommand(), a.volumeRemoveCommand(), a.volumeMountCommand(), a.volumeUnmountCommand(),
-		a.volumeAttachCommand(), a.volumeDetachCommand())
+		a.volumeAttachCommand(), a.volumeDetachCommand(), a.volumeResizeCommand())
 	return cmd
 }
 
@@ -257,6 +257,42 @@ in or out of the in-sync replica set.`,
 			// Heal progress will be fetched and printed as a section of its
 			// own after the bricks.
 			return writeVolumeDetail(a.stdout, v, a.now(), a.loc)
+		},
+	}
+}
+
+func (a *app) volumeResizeCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "resize NAME SIZE",
+		Short: "Grow a volume's size quota, online",
+		Long: `Grow a volume's size (its quota: what df shows and where writes get ENOSPC).
+Volumes only grow; mounts see the new size within a few seconds.`,
+		Example: `  brick volume resize gocd-db 20G`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usageError{fmt.Errorf("resize takes a volume name and a size, like: brick volume resize data 20G")}
+			}
+			if err := volspec.ValidateName(args[0]); err != nil {
+				return usageError{err}
+			}
+			if _, err := volspec.ParseSize(args[1]); err != nil {
+				return usageError{err}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			size, _ := volspec.ParseSize(args[1])
+			resp, err := call(cmd.Context(), a, func(ctx context.Context, c brickpb.ControlClient) (*brickpb.VolumeResponse, error) {
+				return c.ResizeVolume(ctx, &brickpb.ResizeVolumeRequest{Header: header(), Name: args[0], SizeBytes: size})
+			})
+			if err != nil {
+				return err
+			}
+			if a.opts.json {
+				return writeJSON(a.stdout, volumeToJSON(resp.GetVolume()))
+			}
+			_, err = fmt.Fprintf(a.stdout, "volume %s is now %s\n", args[0], volspec.FormatSize(resp.GetVolume().GetSizeBytes()))
+			return err
 		},
 	}
 }

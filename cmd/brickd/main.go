@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/brickvol/brick/daemon"
+	"github.com/brickvol/brick/volspec"
 )
 
 func main() {
@@ -55,6 +56,14 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 	b.dur(&cfg.ReconcileInterval, "reconcile-interval", "how often replicas and Raft membership are re-checked besides reacting to events")
 	b.dur(&cfg.CapacityInterval, "capacity-interval", "how often free space is measured and gossiped")
 	b.dur(&cfg.ReplicaTimeout, "replica-timeout", "how long a volume's head waits for a brick before dropping it from the in-sync set")
+	healBW := volspec.FormatSize(uint64(cfg.HealBandwidth))
+	b.str(&healBW, "heal-bandwidth", "bytes per second each heal may send or fetch per brick (op-log catch-up and full resync), e.g. 64M; 0 for unlimited")
+	b.dur(&cfg.FailoverTimeout, "failover-timeout", "how long the host holding a volume must be dead in gossip before another host's attach takes it over without --force")
+	b.str(&cfg.CSIEndpoint, "csi-endpoint", "unix socket (unix:///path or /path) to serve the Kubernetes CSI driver on; empty disables it")
+	b.str(&cfg.CSIKubeletDir, "csi-kubelet-dir", "the kubelet's directory: CSI staging and target paths must lie below it")
+	b.str(&cfg.DockerSocket, "docker-socket", "unix socket to serve the Docker volume plugin on (Docker's driver name is the file name); empty or \"off\" disables it")
+	b.str(&cfg.DockerMountRoot, "docker-mount-root", "directory under which volumes are mounted for Docker (default DATA_DIR/docker)")
+	b.dur(&cfg.DockerTimeout, "docker-timeout", "how long a Docker plugin request may take (Docker gives up after 1 minute)")
 	logLevel, logFormat = "info", "text"
 	b.str(&logLevel, "log-level", "debug, info, warn or error")
 	b.str(&logFormat, "log-format", "text or json")
@@ -79,10 +88,21 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 		fmt.Fprintf(stderr, "brickd: unexpected argument %q (brickd takes only flags; see --help)\n", fs.Arg(0))
 		return 2
 	}
+	if healBW == "0" {
+		cfg.HealBandwidth = 0
+	} else if n, err := volspec.ParseSize(healBW); err != nil {
+		fmt.Fprintf(stderr, "brickd: --heal-bandwidth: %v\n", err)
+		return 2
+	} else {
+		cfg.HealBandwidth = int64(n)
+	}
 	if peers != "" {
 		for _, p := range strings.Split(peers, ",") {
 			cfg.Peers = append(cfg.Peers, strings.TrimSpace(p))
 		}
+	}
+	if cfg.DockerSocket == "off" { // an empty BRICK_* variable means "not set"
+		cfg.DockerSocket = ""
 	}
 	log, err := newLogger(stderr, logLevel, logFormat)
 	if err != nil {
@@ -95,6 +115,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 		fmt.Fprintf(stderr, "brickd: %v\n", err)
 		return 2
 	}
+	log.Info("starting", "name", cfg.Name, "bind", cfg.Bind, "data_dir", cfg.DataDir, "pid", os.Getpid())
 	d, err := daemon.Start(cfg)
 	if err != nil {
 		log.Error("brickd could not start", "err", err)

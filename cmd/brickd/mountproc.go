@@ -27,6 +27,13 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 			return 2
 		}
 	}
+	var healBW int64 = -1 // the head's default
+	if v := getenv("BRICK_HEAL_BANDWIDTH"); v != "" {
+		if healBW, err = strconv.ParseInt(v, 10, 64); err != nil || healBW < 0 {
+			fmt.Fprintf(stderr, "brickd mount-process: BRICK_HEAL_BANDWIDTH %q: want bytes per second\n", v)
+			return 2
+		}
+	}
 	level := getenv("BRICK_LOG_LEVEL")
 	if level == "" {
 		level = "info"
@@ -44,6 +51,8 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 		BrickID:        getenv("BRICK_MOUNT_BRICK_ID"),
 		Key:            getenv("BRICK_CLUSTER_KEY"),
 		ReplicaTimeout: timeout,
+		StatusFile:     getenv("BRICK_MOUNT_STATUS_FILE"),
+		HealBandwidth:  healBW,
 		Logger:         log.With("mount", getenv("BRICK_MOUNT_VOLUME")),
 	}
 	if ready := os.NewFile(3, "ready"); ready != nil {

@@ -101,11 +101,14 @@ func (x *Header) GetHops() uint32 {
 }
 
 type AttachVolumeRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"` // daemon name; empty = the daemon that received the CLI request
-	Force         bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Host   string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"` // daemon name; empty = the daemon that received the CLI request
+	Force  bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	// renew moves the head to a new epoch even when host already holds the
+	// volume (a new mount process fences an older one of the same host).
+	Renew         bool `protobuf:"varint,5,opt,name=renew,proto3" json:"renew,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -164,6 +167,13 @@ func (x *AttachVolumeRequest) GetHost() string {
 func (x *AttachVolumeRequest) GetForce() bool {
 	if x != nil {
 		return x.Force
+	}
+	return false
+}
+
+func (x *AttachVolumeRequest) GetRenew() bool {
+	if x != nil {
+		return x.Renew
 	}
 	return false
 }
@@ -1083,17 +1093,80 @@ func (x *DeleteVolumeResponse) GetVolumeId() string {
 	return ""
 }
 
-type GetVolumeRequest struct {
+type ResizeVolumeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	SizeBytes     uint64                 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResizeVolumeRequest) Reset() {
+	*x = ResizeVolumeRequest{}
+	mi := &file_brick_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResizeVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResizeVolumeRequest) ProtoMessage() {}
+
+func (x *ResizeVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_brick_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResizeVolumeRequest.ProtoReflect.Descriptor instead.
+func (*ResizeVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_brick_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ResizeVolumeRequest) GetHeader() *Header {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *ResizeVolumeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResizeVolumeRequest) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+type GetVolumeRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Name   string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// local_only: answer from this daemon's catalog and its own mounts,
+	// never forwarded (how a daemon asks the head's host for heal progress).
+	LocalOnly     bool `protobuf:"varint,3,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_brick_proto_msgTypes[16]
+	mi := &file_brick_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1178,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[16]
+	mi := &file_brick_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1191,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{16}
+	return file_brick_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetVolumeRequest) GetHeader() *Header {
@@ -1135,6 +1208,13 @@ func (x *GetVolumeRequest) GetName() string {
 	return ""
 }
 
+func (x *GetVolumeRequest) GetLocalOnly() bool {
+	if x != nil {
+		return x.LocalOnly
+	}
+	return false
+}
+
 type VolumeResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
@@ -1145,7 +1225,7 @@ type VolumeResponse struct {
 
 func (x *VolumeResponse) Reset() {
 	*x = VolumeResponse{}
-	mi := &file_brick_proto_msgTypes[17]
+	mi := &file_brick_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1237,7 @@ func (x *VolumeResponse) String() string {
 func (*VolumeResponse) ProtoMessage() {}
 
 func (x *VolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[17]
+	mi := &file_brick_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1250,7 @@ func (x *VolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeResponse.ProtoReflect.Descriptor instead.
 func (*VolumeResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{17}
+	return file_brick_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *VolumeResponse) GetVolume() *Volume {
@@ -1196,7 +1276,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_brick_proto_msgTypes[18]
+	mi := &file_brick_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1288,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[18]
+	mi := &file_brick_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1301,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{18}
+	return file_brick_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListVolumesRequest) GetHeader() *Header {
@@ -1240,7 +1320,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_brick_proto_msgTypes[19]
+	mi := &file_brick_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1332,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[19]
+	mi := &file_brick_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1345,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{19}
+	return file_brick_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -1296,13 +1376,16 @@ type Volume struct {
 	State         string                 `protobuf:"bytes,17,opt,name=state,proto3" json:"state,omitempty"` // healthy, degraded, healing, read-only, fenced, unavailable
 	StateReason   string                 `protobuf:"bytes,18,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
 	CreatedUnixMs int64                  `protobuf:"varint,19,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
+	// heals are the bricks the head is bringing back, as the head's host
+	// reports them (empty when asked elsewhere and the head cannot be reached).
+	Heals         []*HealProgress `protobuf:"bytes,20,rep,name=heals,proto3" json:"heals,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Volume) Reset() {
 	*x = Volume{}
-	mi := &file_brick_proto_msgTypes[20]
+	mi := &file_brick_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1397,7 @@ func (x *Volume) String() string {
 func (*Volume) ProtoMessage() {}
 
 func (x *Volume) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[20]
+	mi := &file_brick_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1410,7 @@ func (x *Volume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Volume.ProtoReflect.Descriptor instead.
 func (*Volume) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{20}
+	return file_brick_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Volume) GetId() string {
@@ -1463,6 +1546,137 @@ func (x *Volume) GetCreatedUnixMs() int64 {
 	return 0
 }
 
+func (x *Volume) GetHeals() []*HealProgress {
+	if x != nil {
+		return x.Heals
+	}
+	return nil
+}
+
+type HealProgress struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	BrickId         string                 `protobuf:"bytes,1,opt,name=brick_id,json=brickId,proto3" json:"brick_id,omitempty"`
+	BrickName       string                 `protobuf:"bytes,2,opt,name=brick_name,json=brickName,proto3" json:"brick_name,omitempty"`
+	State           string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`                                          // healing, needs-full-heal, unreachable
+	Phase           string                 `protobuf:"bytes,4,opt,name=phase,proto3" json:"phase,omitempty"`                                          // op-log, retained, verifying, joining, resync
+	BytesRemaining  int64                  `protobuf:"varint,5,opt,name=bytes_remaining,json=bytesRemaining,proto3" json:"bytes_remaining,omitempty"` // -1 unknown
+	BytesTotal      int64                  `protobuf:"varint,6,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`             // the most remaining seen in this heal
+	OpsRemaining    uint64                 `protobuf:"varint,7,opt,name=ops_remaining,json=opsRemaining,proto3" json:"ops_remaining,omitempty"`
+	FilesRemaining  int64                  `protobuf:"varint,8,opt,name=files_remaining,json=filesRemaining,proto3" json:"files_remaining,omitempty"` // full resync only; -1 unknown
+	RateBytesPerSec float64                `protobuf:"fixed64,9,opt,name=rate_bytes_per_sec,json=rateBytesPerSec,proto3" json:"rate_bytes_per_sec,omitempty"`
+	EtaMs           int64                  `protobuf:"varint,10,opt,name=eta_ms,json=etaMs,proto3" json:"eta_ms,omitempty"` // -1 unknown
+	Reason          string                 `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *HealProgress) Reset() {
+	*x = HealProgress{}
+	mi := &file_brick_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealProgress) ProtoMessage() {}
+
+func (x *HealProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_brick_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealProgress.ProtoReflect.Descriptor instead.
+func (*HealProgress) Descriptor() ([]byte, []int) {
+	return file_brick_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *HealProgress) GetBrickId() string {
+	if x != nil {
+		return x.BrickId
+	}
+	return ""
+}
+
+func (x *HealProgress) GetBrickName() string {
+	if x != nil {
+		return x.BrickName
+	}
+	return ""
+}
+
+func (x *HealProgress) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *HealProgress) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *HealProgress) GetBytesRemaining() int64 {
+	if x != nil {
+		return x.BytesRemaining
+	}
+	return 0
+}
+
+func (x *HealProgress) GetBytesTotal() int64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
+}
+
+func (x *HealProgress) GetOpsRemaining() uint64 {
+	if x != nil {
+		return x.OpsRemaining
+	}
+	return 0
+}
+
+func (x *HealProgress) GetFilesRemaining() int64 {
+	if x != nil {
+		return x.FilesRemaining
+	}
+	return 0
+}
+
+func (x *HealProgress) GetRateBytesPerSec() float64 {
+	if x != nil {
+		return x.RateBytesPerSec
+	}
+	return 0
+}
+
+func (x *HealProgress) GetEtaMs() int64 {
+	if x != nil {
+		return x.EtaMs
+	}
+	return 0
+}
+
+func (x *HealProgress) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type Placement struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	BrickId       string                 `protobuf:"bytes,1,opt,name=brick_id,json=brickId,proto3" json:"brick_id,omitempty"`
@@ -1475,7 +1689,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_brick_proto_msgTypes[21]
+	mi := &file_brick_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1701,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[21]
+	mi := &file_brick_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1714,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{21}
+	return file_brick_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Placement) GetBrickId() string {
@@ -1543,7 +1757,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_brick_proto_msgTypes[22]
+	mi := &file_brick_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1769,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[22]
+	mi := &file_brick_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1782,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{22}
+	return file_brick_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Attachment) GetBrickId() string {
@@ -1609,7 +1823,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_brick_proto_msgTypes[23]
+	mi := &file_brick_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +1835,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[23]
+	mi := &file_brick_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1848,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{23}
+	return file_brick_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyRequest) GetHeader() *Header {
@@ -1660,7 +1874,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_brick_proto_msgTypes[24]
+	mi := &file_brick_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1886,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[24]
+	mi := &file_brick_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1899,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{24}
+	return file_brick_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -1706,7 +1920,7 @@ type ReplicaRequest struct {
 
 func (x *ReplicaRequest) Reset() {
 	*x = ReplicaRequest{}
-	mi := &file_brick_proto_msgTypes[25]
+	mi := &file_brick_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1718,7 +1932,7 @@ func (x *ReplicaRequest) String() string {
 func (*ReplicaRequest) ProtoMessage() {}
 
 func (x *ReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[25]
+	mi := &file_brick_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1731,7 +1945,7 @@ func (x *ReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{25}
+	return file_brick_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReplicaRequest) GetHeader() *Header {
@@ -1764,7 +1978,7 @@ type ReplicaResponse struct {
 
 func (x *ReplicaResponse) Reset() {
 	*x = ReplicaResponse{}
-	mi := &file_brick_proto_msgTypes[26]
+	mi := &file_brick_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +1990,7 @@ func (x *ReplicaResponse) String() string {
 func (*ReplicaResponse) ProtoMessage() {}
 
 func (x *ReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_brick_proto_msgTypes[26]
+	mi := &file_brick_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +2003,7 @@ func (x *ReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_brick_proto_rawDescGZIP(), []int{26}
+	return file_brick_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReplicaResponse) GetPath() string {
@@ -1809,12 +2023,13 @@ const file_brick_proto_rawDesc = "" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x1b\n" +
 	"\tsender_id\x18\x02 \x01(\tR\bsenderId\x12)\n" +
 	"\x10protocol_version\x18\x03 \x01(\rR\x0fprotocolVersion\x12\x12\n" +
-	"\x04hops\x18\x04 \x01(\rR\x04hops\"}\n" +
+	"\x04hops\x18\x04 \x01(\rR\x04hops\"\x93\x01\n" +
 	"\x13AttachVolumeRequest\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
 	"\x04host\x18\x03 \x01(\tR\x04host\x12\x14\n" +
-	"\x05force\x18\x04 \x01(\bR\x05force\"g\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\x12\x14\n" +
+	"\x05renew\x18\x05 \x01(\bR\x05renew\"g\n" +
 	"\x13DetachVolumeRequest\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -1887,10 +2102,17 @@ const file_brick_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"3\n" +
 	"\x14DeleteVolumeResponse\x12\x1b\n" +
-	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"P\n" +
+	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\"r\n" +
+	"\x13ResizeVolumeRequest\x12(\n" +
+	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x04R\tsizeBytes\"o\n" +
 	"\x10GetVolumeRequest\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"Y\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"local_only\x18\x03 \x01(\bR\tlocalOnly\"Y\n" +
 	"\x0eVolumeResponse\x12(\n" +
 	"\x06volume\x18\x01 \x01(\v2\x10.brick.v1.VolumeR\x06volume\x12\x1d\n" +
 	"\n" +
@@ -1898,7 +2120,7 @@ const file_brick_proto_rawDesc = "" +
 	"\x12ListVolumesRequest\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\"A\n" +
 	"\x13ListVolumesResponse\x12*\n" +
-	"\avolumes\x18\x01 \x03(\v2\x10.brick.v1.VolumeR\avolumes\"\xfc\x04\n" +
+	"\avolumes\x18\x01 \x03(\v2\x10.brick.v1.VolumeR\avolumes\"\xaa\x05\n" +
 	"\x06Volume\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1d\n" +
@@ -1920,10 +2142,26 @@ const file_brick_proto_rawDesc = "" +
 	"\vattachments\x18\x10 \x03(\v2\x14.brick.v1.AttachmentR\vattachments\x12\x14\n" +
 	"\x05state\x18\x11 \x01(\tR\x05state\x12!\n" +
 	"\fstate_reason\x18\x12 \x01(\tR\vstateReason\x12&\n" +
-	"\x0fcreated_unix_ms\x18\x13 \x01(\x03R\rcreatedUnixMs\x1a9\n" +
+	"\x0fcreated_unix_ms\x18\x13 \x01(\x03R\rcreatedUnixMs\x12,\n" +
+	"\x05heals\x18\x14 \x03(\v2\x16.brick.v1.HealProgressR\x05heals\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe8\x02\n" +
+	"\fHealProgress\x12\x19\n" +
+	"\bbrick_id\x18\x01 \x01(\tR\abrickId\x12\x1d\n" +
+	"\n" +
+	"brick_name\x18\x02 \x01(\tR\tbrickName\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x14\n" +
+	"\x05phase\x18\x04 \x01(\tR\x05phase\x12'\n" +
+	"\x0fbytes_remaining\x18\x05 \x01(\x03R\x0ebytesRemaining\x12\x1f\n" +
+	"\vbytes_total\x18\x06 \x01(\x03R\n" +
+	"bytesTotal\x12#\n" +
+	"\rops_remaining\x18\a \x01(\x04R\fopsRemaining\x12'\n" +
+	"\x0ffiles_remaining\x18\b \x01(\x03R\x0efilesRemaining\x12+\n" +
+	"\x12rate_bytes_per_sec\x18\t \x01(\x01R\x0frateBytesPerSec\x12\x15\n" +
+	"\x06eta_ms\x18\n" +
+	" \x01(\x03R\x05etaMs\x12\x16\n" +
+	"\x06reason\x18\v \x01(\tR\x06reason\"\x81\x01\n" +
 	"\tPlacement\x12\x19\n" +
 	"\bbrick_id\x18\x01 \x01(\tR\abrickId\x12\x1d\n" +
 	"\n" +
@@ -1948,12 +2186,13 @@ const file_brick_proto_rawDesc = "" +
 	"\vvolume_name\x18\x03 \x01(\tR\n" +
 	"volumeName\"%\n" +
 	"\x0fReplicaResponse\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path2\xb5\x06\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path2\xfe\x06\n" +
 	"\aControl\x12P\n" +
 	"\rClusterStatus\x12\x1e.brick.v1.ClusterStatusRequest\x1a\x1f.brick.v1.ClusterStatusResponse\x12D\n" +
 	"\tListPeers\x12\x1a.brick.v1.ListPeersRequest\x1a\x1b.brick.v1.ListPeersResponse\x12G\n" +
 	"\fCreateVolume\x12\x1d.brick.v1.CreateVolumeRequest\x1a\x18.brick.v1.VolumeResponse\x12M\n" +
-	"\fDeleteVolume\x12\x1d.brick.v1.DeleteVolumeRequest\x1a\x1e.brick.v1.DeleteVolumeResponse\x12A\n" +
+	"\fDeleteVolume\x12\x1d.brick.v1.DeleteVolumeRequest\x1a\x1e.brick.v1.DeleteVolumeResponse\x12G\n" +
+	"\fResizeVolume\x12\x1d.brick.v1.ResizeVolumeRequest\x1a\x18.brick.v1.VolumeResponse\x12A\n" +
 	"\tGetVolume\x12\x1a.brick.v1.GetVolumeRequest\x1a\x18.brick.v1.VolumeResponse\x12J\n" +
 	"\vListVolumes\x12\x1c.brick.v1.ListVolumesRequest\x1a\x1d.brick.v1.ListVolumesResponse\x12G\n" +
 	"\fAttachVolume\x12\x1d.brick.v1.AttachVolumeRequest\x1a\x18.brick.v1.VolumeResponse\x12G\n" +
@@ -1978,7 +2217,7 @@ func file_brick_proto_rawDescGZIP() []byte {
 	return file_brick_proto_rawDescData
 }
 
-var file_brick_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_brick_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_brick_proto_goTypes = []any{
 	(*Header)(nil),                // 0: brick.v1.Header
 	(*AttachVolumeRequest)(nil),   // 1: brick.v1.AttachVolumeRequest
@@ -1996,77 +2235,83 @@ var file_brick_proto_goTypes = []any{
 	(*CreateVolumeRequest)(nil),   // 13: brick.v1.CreateVolumeRequest
 	(*DeleteVolumeRequest)(nil),   // 14: brick.v1.DeleteVolumeRequest
 	(*DeleteVolumeResponse)(nil),  // 15: brick.v1.DeleteVolumeResponse
-	(*GetVolumeRequest)(nil),      // 16: brick.v1.GetVolumeRequest
-	(*VolumeResponse)(nil),        // 17: brick.v1.VolumeResponse
-	(*ListVolumesRequest)(nil),    // 18: brick.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),   // 19: brick.v1.ListVolumesResponse
-	(*Volume)(nil),                // 20: brick.v1.Volume
-	(*Placement)(nil),             // 21: brick.v1.Placement
-	(*Attachment)(nil),            // 22: brick.v1.Attachment
-	(*ApplyRequest)(nil),          // 23: brick.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 24: brick.v1.ApplyResponse
-	(*ReplicaRequest)(nil),        // 25: brick.v1.ReplicaRequest
-	(*ReplicaResponse)(nil),       // 26: brick.v1.ReplicaResponse
-	nil,                           // 27: brick.v1.CreateVolumeRequest.LabelsEntry
-	nil,                           // 28: brick.v1.Volume.LabelsEntry
+	(*ResizeVolumeRequest)(nil),   // 16: brick.v1.ResizeVolumeRequest
+	(*GetVolumeRequest)(nil),      // 17: brick.v1.GetVolumeRequest
+	(*VolumeResponse)(nil),        // 18: brick.v1.VolumeResponse
+	(*ListVolumesRequest)(nil),    // 19: brick.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),   // 20: brick.v1.ListVolumesResponse
+	(*Volume)(nil),                // 21: brick.v1.Volume
+	(*HealProgress)(nil),          // 22: brick.v1.HealProgress
+	(*Placement)(nil),             // 23: brick.v1.Placement
+	(*Attachment)(nil),            // 24: brick.v1.Attachment
+	(*ApplyRequest)(nil),          // 25: brick.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 26: brick.v1.ApplyResponse
+	(*ReplicaRequest)(nil),        // 27: brick.v1.ReplicaRequest
+	(*ReplicaResponse)(nil),       // 28: brick.v1.ReplicaResponse
+	nil,                           // 29: brick.v1.CreateVolumeRequest.LabelsEntry
+	nil,                           // 30: brick.v1.Volume.LabelsEntry
 }
 var file_brick_proto_depIdxs = []int32{
 	0,  // 0: brick.v1.AttachVolumeRequest.header:type_name -> brick.v1.Header
 	0,  // 1: brick.v1.DetachVolumeRequest.header:type_name -> brick.v1.Header
 	0,  // 2: brick.v1.SetISRRequest.header:type_name -> brick.v1.Header
 	0,  // 3: brick.v1.MountVolumeRequest.header:type_name -> brick.v1.Header
-	20, // 4: brick.v1.MountVolumeResponse.volume:type_name -> brick.v1.Volume
+	21, // 4: brick.v1.MountVolumeResponse.volume:type_name -> brick.v1.Volume
 	0,  // 5: brick.v1.UnmountVolumeRequest.header:type_name -> brick.v1.Header
 	0,  // 6: brick.v1.ClusterStatusRequest.header:type_name -> brick.v1.Header
 	12, // 7: brick.v1.ClusterStatusResponse.peers:type_name -> brick.v1.PeerInfo
-	20, // 8: brick.v1.ClusterStatusResponse.volumes:type_name -> brick.v1.Volume
+	21, // 8: brick.v1.ClusterStatusResponse.volumes:type_name -> brick.v1.Volume
 	0,  // 9: brick.v1.ListPeersRequest.header:type_name -> brick.v1.Header
 	12, // 10: brick.v1.ListPeersResponse.peers:type_name -> brick.v1.PeerInfo
 	0,  // 11: brick.v1.CreateVolumeRequest.header:type_name -> brick.v1.Header
-	27, // 12: brick.v1.CreateVolumeRequest.labels:type_name -> brick.v1.CreateVolumeRequest.LabelsEntry
+	29, // 12: brick.v1.CreateVolumeRequest.labels:type_name -> brick.v1.CreateVolumeRequest.LabelsEntry
 	0,  // 13: brick.v1.DeleteVolumeRequest.header:type_name -> brick.v1.Header
-	0,  // 14: brick.v1.GetVolumeRequest.header:type_name -> brick.v1.Header
-	20, // 15: brick.v1.VolumeResponse.volume:type_name -> brick.v1.Volume
-	0,  // 16: brick.v1.ListVolumesRequest.header:type_name -> brick.v1.Header
-	20, // 17: brick.v1.ListVolumesResponse.volumes:type_name -> brick.v1.Volume
-	28, // 18: brick.v1.Volume.labels:type_name -> brick.v1.Volume.LabelsEntry
-	21, // 19: brick.v1.Volume.placement:type_name -> brick.v1.Placement
-	22, // 20: brick.v1.Volume.attachments:type_name -> brick.v1.Attachment
-	0,  // 21: brick.v1.ApplyRequest.header:type_name -> brick.v1.Header
-	0,  // 22: brick.v1.ReplicaRequest.header:type_name -> brick.v1.Header
-	8,  // 23: brick.v1.Control.ClusterStatus:input_type -> brick.v1.ClusterStatusRequest
-	10, // 24: brick.v1.Control.ListPeers:input_type -> brick.v1.ListPeersRequest
-	13, // 25: brick.v1.Control.CreateVolume:input_type -> brick.v1.CreateVolumeRequest
-	14, // 26: brick.v1.Control.DeleteVolume:input_type -> brick.v1.DeleteVolumeRequest
-	16, // 27: brick.v1.Control.GetVolume:input_type -> brick.v1.GetVolumeRequest
-	18, // 28: brick.v1.Control.ListVolumes:input_type -> brick.v1.ListVolumesRequest
-	1,  // 29: brick.v1.Control.AttachVolume:input_type -> brick.v1.AttachVolumeRequest
-	2,  // 30: brick.v1.Control.DetachVolume:input_type -> brick.v1.DetachVolumeRequest
-	3,  // 31: brick.v1.Control.SetISR:input_type -> brick.v1.SetISRRequest
-	4,  // 32: brick.v1.Control.MountVolume:input_type -> brick.v1.MountVolumeRequest
-	6,  // 33: brick.v1.Control.UnmountVolume:input_type -> brick.v1.UnmountVolumeRequest
-	23, // 34: brick.v1.Peer.Apply:input_type -> brick.v1.ApplyRequest
-	25, // 35: brick.v1.Peer.EnsureReplica:input_type -> brick.v1.ReplicaRequest
-	25, // 36: brick.v1.Peer.RemoveReplica:input_type -> brick.v1.ReplicaRequest
-	9,  // 37: brick.v1.Control.ClusterStatus:output_type -> brick.v1.ClusterStatusResponse
-	11, // 38: brick.v1.Control.ListPeers:output_type -> brick.v1.ListPeersResponse
-	17, // 39: brick.v1.Control.CreateVolume:output_type -> brick.v1.VolumeResponse
-	15, // 40: brick.v1.Control.DeleteVolume:output_type -> brick.v1.DeleteVolumeResponse
-	17, // 41: brick.v1.Control.GetVolume:output_type -> brick.v1.VolumeResponse
-	19, // 42: brick.v1.Control.ListVolumes:output_type -> brick.v1.ListVolumesResponse
-	17, // 43: brick.v1.Control.AttachVolume:output_type -> brick.v1.VolumeResponse
-	17, // 44: brick.v1.Control.DetachVolume:output_type -> brick.v1.VolumeResponse
-	17, // 45: brick.v1.Control.SetISR:output_type -> brick.v1.VolumeResponse
-	5,  // 46: brick.v1.Control.MountVolume:output_type -> brick.v1.MountVolumeResponse
-	7,  // 47: brick.v1.Control.UnmountVolume:output_type -> brick.v1.UnmountVolumeResponse
-	24, // 48: brick.v1.Peer.Apply:output_type -> brick.v1.ApplyResponse
-	26, // 49: brick.v1.Peer.EnsureReplica:output_type -> brick.v1.ReplicaResponse
-	26, // 50: brick.v1.Peer.RemoveReplica:output_type -> brick.v1.ReplicaResponse
-	37, // [37:51] is the sub-list for method output_type
-	23, // [23:37] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	0,  // 14: brick.v1.ResizeVolumeRequest.header:type_name -> brick.v1.Header
+	0,  // 15: brick.v1.GetVolumeRequest.header:type_name -> brick.v1.Header
+	21, // 16: brick.v1.VolumeResponse.volume:type_name -> brick.v1.Volume
+	0,  // 17: brick.v1.ListVolumesRequest.header:type_name -> brick.v1.Header
+	21, // 18: brick.v1.ListVolumesResponse.volumes:type_name -> brick.v1.Volume
+	30, // 19: brick.v1.Volume.labels:type_name -> brick.v1.Volume.LabelsEntry
+	23, // 20: brick.v1.Volume.placement:type_name -> brick.v1.Placement
+	24, // 21: brick.v1.Volume.attachments:type_name -> brick.v1.Attachment
+	22, // 22: brick.v1.Volume.heals:type_name -> brick.v1.HealProgress
+	0,  // 23: brick.v1.ApplyRequest.header:type_name -> brick.v1.Header
+	0,  // 24: brick.v1.ReplicaRequest.header:type_name -> brick.v1.Header
+	8,  // 25: brick.v1.Control.ClusterStatus:input_type -> brick.v1.ClusterStatusRequest
+	10, // 26: brick.v1.Control.ListPeers:input_type -> brick.v1.ListPeersRequest
+	13, // 27: brick.v1.Control.CreateVolume:input_type -> brick.v1.CreateVolumeRequest
+	14, // 28: brick.v1.Control.DeleteVolume:input_type -> brick.v1.DeleteVolumeRequest
+	16, // 29: brick.v1.Control.ResizeVolume:input_type -> brick.v1.ResizeVolumeRequest
+	17, // 30: brick.v1.Control.GetVolume:input_type -> brick.v1.GetVolumeRequest
+	19, // 31: brick.v1.Control.ListVolumes:input_type -> brick.v1.ListVolumesRequest
+	1,  // 32: brick.v1.Control.AttachVolume:input_type -> brick.v1.AttachVolumeRequest
+	2,  // 33: brick.v1.Control.DetachVolume:input_type -> brick.v1.DetachVolumeRequest
+	3,  // 34: brick.v1.Control.SetISR:input_type -> brick.v1.SetISRRequest
+	4,  // 35: brick.v1.Control.MountVolume:input_type -> brick.v1.MountVolumeRequest
+	6,  // 36: brick.v1.Control.UnmountVolume:input_type -> brick.v1.UnmountVolumeRequest
+	25, // 37: brick.v1.Peer.Apply:input_type -> brick.v1.ApplyRequest
+	27, // 38: brick.v1.Peer.EnsureReplica:input_type -> brick.v1.ReplicaRequest
+	27, // 39: brick.v1.Peer.RemoveReplica:input_type -> brick.v1.ReplicaRequest
+	9,  // 40: brick.v1.Control.ClusterStatus:output_type -> brick.v1.ClusterStatusResponse
+	11, // 41: brick.v1.Control.ListPeers:output_type -> brick.v1.ListPeersResponse
+	18, // 42: brick.v1.Control.CreateVolume:output_type -> brick.v1.VolumeResponse
+	15, // 43: brick.v1.Control.DeleteVolume:output_type -> brick.v1.DeleteVolumeResponse
+	18, // 44: brick.v1.Control.ResizeVolume:output_type -> brick.v1.VolumeResponse
+	18, // 45: brick.v1.Control.GetVolume:output_type -> brick.v1.VolumeResponse
+	20, // 46: brick.v1.Control.ListVolumes:output_type -> brick.v1.ListVolumesResponse
+	18, // 47: brick.v1.Control.AttachVolume:output_type -> brick.v1.VolumeResponse
+	18, // 48: brick.v1.Control.DetachVolume:output_type -> brick.v1.VolumeResponse
+	18, // 49: brick.v1.Control.SetISR:output_type -> brick.v1.VolumeResponse
+	5,  // 50: brick.v1.Control.MountVolume:output_type -> brick.v1.MountVolumeResponse
+	7,  // 51: brick.v1.Control.UnmountVolume:output_type -> brick.v1.UnmountVolumeResponse
+	26, // 52: brick.v1.Peer.Apply:output_type -> brick.v1.ApplyResponse
+	28, // 53: brick.v1.Peer.EnsureReplica:output_type -> brick.v1.ReplicaResponse
+	28, // 54: brick.v1.Peer.RemoveReplica:output_type -> brick.v1.ReplicaResponse
+	40, // [40:55] is the sub-list for method output_type
+	25, // [25:40] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_brick_proto_init() }
@@ -2080,7 +2325,7 @@ func file_brick_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_brick_proto_rawDesc), len(file_brick_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

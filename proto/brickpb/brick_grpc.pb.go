@@ -28,6 +28,7 @@ const (
 	Control_ListPeers_FullMethodName     = "/brick.v1.Control/ListPeers"
 	Control_CreateVolume_FullMethodName  = "/brick.v1.Control/CreateVolume"
 	Control_DeleteVolume_FullMethodName  = "/brick.v1.Control/DeleteVolume"
+	Control_ResizeVolume_FullMethodName  = "/brick.v1.Control/ResizeVolume"
 	Control_GetVolume_FullMethodName     = "/brick.v1.Control/GetVolume"
 	Control_ListVolumes_FullMethodName   = "/brick.v1.Control/ListVolumes"
 	Control_AttachVolume_FullMethodName  = "/brick.v1.Control/AttachVolume"
@@ -48,6 +49,8 @@ type ControlClient interface {
 	ListPeers(ctx context.Context, in *ListPeersRequest, opts ...grpc.CallOption) (*ListPeersResponse, error)
 	CreateVolume(ctx context.Context, in *CreateVolumeRequest, opts ...grpc.CallOption) (*VolumeResponse, error)
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
+	// ResizeVolume grows a volume's size quota, online (never shrinks it).
+	ResizeVolume(ctx context.Context, in *ResizeVolumeRequest, opts ...grpc.CallOption) (*VolumeResponse, error)
 	GetVolume(ctx context.Context, in *GetVolumeRequest, opts ...grpc.CallOption) (*VolumeResponse, error)
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
 	// AttachVolume makes a host (default: the answering daemon) an attached
@@ -107,6 +110,16 @@ func (c *controlClient) DeleteVolume(ctx context.Context, in *DeleteVolumeReques
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteVolumeResponse)
 	err := c.cc.Invoke(ctx, Control_DeleteVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) ResizeVolume(ctx context.Context, in *ResizeVolumeRequest, opts ...grpc.CallOption) (*VolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VolumeResponse)
+	err := c.cc.Invoke(ctx, Control_ResizeVolume_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -194,6 +207,8 @@ type ControlServer interface {
 	ListPeers(context.Context, *ListPeersRequest) (*ListPeersResponse, error)
 	CreateVolume(context.Context, *CreateVolumeRequest) (*VolumeResponse, error)
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
+	// ResizeVolume grows a volume's size quota, online (never shrinks it).
+	ResizeVolume(context.Context, *ResizeVolumeRequest) (*VolumeResponse, error)
 	GetVolume(context.Context, *GetVolumeRequest) (*VolumeResponse, error)
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
 	// AttachVolume makes a host (default: the answering daemon) an attached
@@ -230,6 +245,9 @@ func (UnimplementedControlServer) CreateVolume(context.Context, *CreateVolumeReq
 }
 func (UnimplementedControlServer) DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteVolume not implemented")
+}
+func (UnimplementedControlServer) ResizeVolume(context.Context, *ResizeVolumeRequest) (*VolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResizeVolume not implemented")
 }
 func (UnimplementedControlServer) GetVolume(context.Context, *GetVolumeRequest) (*VolumeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetVolume not implemented")
@@ -341,6 +359,24 @@ func _Control_DeleteVolume_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ControlServer).DeleteVolume(ctx, req.(*DeleteVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_ResizeVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResizeVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).ResizeVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_ResizeVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).ResizeVolume(ctx, req.(*ResizeVolumeRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -493,6 +529,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteVolume",
 			Handler:    _Control_DeleteVolume_Handler,
+		},
+		{
+			MethodName: "ResizeVolume",
+			Handler:    _Control_ResizeVolume_Handler,
 		},
 		{
 			MethodName: "GetVolume",

@@ -241,6 +241,507 @@ func (MetaKind) EnumDescriptor() ([]byte, []int) {
 	return file_replica_proto_rawDescGZIP(), []int{2}
 }
 
+type SnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           *VolumeRef             `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_replica_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_replica_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_replica_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SnapshotRequest) GetRef() *VolumeRef {
+	if x != nil {
+		return x.Ref
+	}
+	return nil
+}
+
+type SnapshotPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set in the first message only.
+	AppliedSeq    uint64       `protobuf:"varint,1,opt,name=applied_seq,json=appliedSeq,proto3" json:"applied_seq,omitempty"`
+	AppliedEpoch  uint64       `protobuf:"varint,2,opt,name=applied_epoch,json=appliedEpoch,proto3" json:"applied_epoch,omitempty"` // origin epoch of the op at applied_seq
+	MaxFid        uint64       `protobuf:"varint,3,opt,name=max_fid,json=maxFid,proto3" json:"max_fid,omitempty"`
+	Entries       []*SnapEntry `protobuf:"bytes,4,rep,name=entries,proto3" json:"entries,omitempty"` // parents before children
+	Sums          []*FileSums  `protobuf:"bytes,5,rep,name=sums,proto3" json:"sums,omitempty"`       // after every entry
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotPart) Reset() {
+	*x = SnapshotPart{}
+	mi := &file_replica_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotPart) ProtoMessage() {}
+
+func (x *SnapshotPart) ProtoReflect() protoreflect.Message {
+	mi := &file_replica_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotPart.ProtoReflect.Descriptor instead.
+func (*SnapshotPart) Descriptor() ([]byte, []int) {
+	return file_replica_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SnapshotPart) GetAppliedSeq() uint64 {
+	if x != nil {
+		return x.AppliedSeq
+	}
+	return 0
+}
+
+func (x *SnapshotPart) GetAppliedEpoch() uint64 {
+	if x != nil {
+		return x.AppliedEpoch
+	}
+	return 0
+}
+
+func (x *SnapshotPart) GetMaxFid() uint64 {
+	if x != nil {
+		return x.MaxFid
+	}
+	return 0
+}
+
+func (x *SnapshotPart) GetEntries() []*SnapEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *SnapshotPart) GetSums() []*FileSums {
+	if x != nil {
+		return x.Sums
+	}
+	return nil
+}
+
+type SnapEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Parent        uint64                 `protobuf:"varint,1,opt,name=parent,proto3" json:"parent,omitempty"` // 0: unlinked from the tree, kept by file ID
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Fid           uint64                 `protobuf:"varint,3,opt,name=fid,proto3" json:"fid,omitempty"`
+	Mode          uint32                 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"` // type and permission bits
+	Uid           uint32                 `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32                 `protobuf:"varint,6,opt,name=gid,proto3" json:"gid,omitempty"`
+	Rdev          uint64                 `protobuf:"varint,7,opt,name=rdev,proto3" json:"rdev,omitempty"`
+	Size          int64                  `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
+	AtimeNs       int64                  `protobuf:"varint,9,opt,name=atime_ns,json=atimeNs,proto3" json:"atime_ns,omitempty"`
+	MtimeNs       int64                  `protobuf:"varint,10,opt,name=mtime_ns,json=mtimeNs,proto3" json:"mtime_ns,omitempty"`
+	Target        string                 `protobuf:"bytes,11,opt,name=target,proto3" json:"target,omitempty"` // symbolic links
+	Xattrs        []*Xattr               `protobuf:"bytes,12,rep,name=xattrs,proto3" json:"xattrs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapEntry) Reset() {
+	*x = SnapEntry{}
+	mi := &file_replica_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapEntry) ProtoMessage() {}
+
+func (x *SnapEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_replica_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapEntry.ProtoReflect.Descriptor instead.
+func (*SnapEntry) Descriptor() ([]byte, []int) {
+	return file_replica_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SnapEntry) GetParent() uint64 {
+	if x != nil {
+		return x.Parent
+	}
+	return 0
+}
+
+func (x *SnapEntry) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SnapEntry) GetFid() uint64 {
+	if x != nil {
+		return x.Fid
+	}
+	return 0
+}
+
+func (x *SnapEntry) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *SnapEntry) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *SnapEntry) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *SnapEntry) GetRdev() uint64 {
+	if x != nil {
+		return x.Rdev
+	}
+	return 0
+}
+
+func (x *SnapEntry) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *SnapEntry) GetAtimeNs() int64 {
+	if x != nil {
+		return x.AtimeNs
+	}
+	return 0
+}
+
+func (x *SnapEntry) GetMtimeNs() int64 {
+	if x != nil {
+		return x.MtimeNs
+	}
+	return 0
+}
+
+func (x *SnapEntry) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *SnapEntry) GetXattrs() []*Xattr {
+	if x != nil {
+		return x.Xattrs
+	}
+	return nil
+}
+
+type Xattr struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Xattr) Reset() {
+	*x = Xattr{}
+	mi := &file_replica_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Xattr) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Xattr) ProtoMessage() {}
+
+func (x *Xattr) ProtoReflect() protoreflect.Message {
+	mi := &file_replica_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Xattr.ProtoReflect.Descriptor instead.
+func (*Xattr) Descriptor() ([]byte, []int) {
+	return file_replica_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Xattr) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Xattr) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+type FileSums struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Fid           uint64                 `protobuf:"varint,1,opt,name=fid,proto3" json:"fid,omitempty"`
+	Size          int64                  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Chunks        []uint32               `protobuf:"varint,3,rep,packed,name=chunks,proto3" json:"chunks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileSums) Reset() {
+	*x = FileSums{}
+	mi := &file_replica_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileSums) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileSums) ProtoMessage() {}
+
+func (x *FileSums) ProtoReflect() protoreflect.Message {
+	mi := &file_replica_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileSums.ProtoReflect.Descriptor instead.
+func (*FileSums) Descriptor() ([]byte, []int) {
+	return file_replica_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *FileSums) GetFid() uint64 {
+	if x != nil {
+		return x.Fid
+	}
+	return 0
+}
+
+func (x *FileSums) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FileSums) GetChunks() []uint32 {
+	if x != nil {
+		return x.Chunks
+	}
+	return nil
+}
+
+type ResyncRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           *VolumeRef             `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	SourceBrick   string                 `protobuf:"bytes,2,opt,name=source_brick,json=sourceBrick,proto3" json:"source_brick,omitempty"`
+	SourceAddr    string                 `protobuf:"bytes,3,opt,name=source_addr,json=sourceAddr,proto3" json:"source_addr,omitempty"`       // gRPC address of the source's daemon
+	BytesPerSec   int64                  `protobuf:"varint,4,opt,name=bytes_per_sec,json=bytesPerSec,proto3" json:"bytes_per_sec,omitempty"` // throttles what is fetched; 0 unlimited
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResyncRequest) Reset() {
+	*x = ResyncRequest{}
+	mi := &file_replica_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResyncRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResyncRequest) ProtoMessage() {}
+
+func (x *ResyncRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_replica_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResyncRequest.ProtoReflect.Descriptor instead.
+func (*ResyncRequest) Descriptor() ([]byte, []int) {
+	return file_replica_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ResyncRequest) GetRef() *VolumeRef {
+	if x != nil {
+		return x.Ref
+	}
+	return nil
+}
+
+func (x *ResyncRequest) GetSourceBrick() string {
+	if x != nil {
+		return x.SourceBrick
+	}
+	return ""
+}
+
+func (x *ResyncRequest) GetSourceAddr() string {
+	if x != nil {
+		return x.SourceAddr
+	}
+	return ""
+}
+
+func (x *ResyncRequest) GetBytesPerSec() int64 {
+	if x != nil {
+		return x.BytesPerSec
+	}
+	return 0
+}
+
+type ResyncResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AppliedSeq    uint64                 `protobuf:"varint,1,opt,name=applied_seq,json=appliedSeq,proto3" json:"applied_seq,omitempty"` // the replica's position after the resync
+	Files         uint64                 `protobuf:"varint,2,opt,name=files,proto3" json:"files,omitempty"`
+	BytesFetched  uint64                 `protobuf:"varint,3,opt,name=bytes_fetched,json=bytesFetched,proto3" json:"bytes_fetched,omitempty"` // chunk data copied over the network
+	BytesReused   uint64                 `protobuf:"varint,4,opt,name=bytes_reused,json=bytesReused,proto3" json:"bytes_reused,omitempty"`    // chunk data this brick already had
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResyncResponse) Reset() {
+	*x = ResyncResponse{}
+	mi := &file_replica_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResyncResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResyncResponse) ProtoMessage() {}
+
+func (x *ResyncResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_replica_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResyncResponse.ProtoReflect.Descriptor instead.
+func (*ResyncResponse) Descriptor() ([]byte, []int) {
+	return file_replica_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ResyncResponse) GetAppliedSeq() uint64 {
+	if x != nil {
+		return x.AppliedSeq
+	}
+	return 0
+}
+
+func (x *ResyncResponse) GetFiles() uint64 {
+	if x != nil {
+		return x.Files
+	}
+	return 0
+}
+
+func (x *ResyncResponse) GetBytesFetched() uint64 {
+	if x != nil {
+		return x.BytesFetched
+	}
+	return 0
+}
+
+func (x *ResyncResponse) GetBytesReused() uint64 {
+	if x != nil {
+		return x.BytesReused
+	}
+	return 0
+}
+
 type VolumeRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Header        *Header                `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
@@ -252,7 +753,7 @@ type VolumeRef struct {
 
 func (x *VolumeRef) Reset() {
 	*x = VolumeRef{}
-	mi := &file_replica_proto_msgTypes[0]
+	mi := &file_replica_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +765,7 @@ func (x *VolumeRef) String() string {
 func (*VolumeRef) ProtoMessage() {}
 
 func (x *VolumeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[0]
+	mi := &file_replica_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +778,7 @@ func (x *VolumeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeRef.ProtoReflect.Descriptor instead.
 func (*VolumeRef) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{0}
+	return file_replica_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *VolumeRef) GetHeader() *Header {
@@ -310,7 +811,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_replica_proto_msgTypes[1]
+	mi := &file_replica_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +823,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[1]
+	mi := &file_replica_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +836,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{1}
+	return file_replica_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FenceRequest) GetRef() *VolumeRef {
@@ -353,13 +854,18 @@ type FenceResponse struct {
 	SyncedSeq     uint64                 `protobuf:"varint,4,opt,name=synced_seq,json=syncedSeq,proto3" json:"synced_seq,omitempty"`             // everything up to here is durable on disk
 	MaxFid        uint64                 `protobuf:"varint,5,opt,name=max_fid,json=maxFid,proto3" json:"max_fid,omitempty"`                      // highest file ID in the replica
 	LogFirstSeq   uint64                 `protobuf:"varint,6,opt,name=log_first_seq,json=logFirstSeq,proto3" json:"log_first_seq,omitempty"`     // oldest op still in the op log (0 = empty)
+	// needs_full_heal, when set, says why the replica cannot be trusted
+	// beyond synced_seq (suspect after a power loss): only a full resync
+	// brings it back.
+	NeedsFullHeal string `protobuf:"bytes,7,opt,name=needs_full_heal,json=needsFullHeal,proto3" json:"needs_full_heal,omitempty"`
+	UsedBytes     int64  `protobuf:"varint,8,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"` // as in ReplicateAck
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FenceResponse) Reset() {
 	*x = FenceResponse{}
-	mi := &file_replica_proto_msgTypes[2]
+	mi := &file_replica_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +877,7 @@ func (x *FenceResponse) String() string {
 func (*FenceResponse) ProtoMessage() {}
 
 func (x *FenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[2]
+	mi := &file_replica_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +890,7 @@ func (x *FenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceResponse.ProtoReflect.Descriptor instead.
 func (*FenceResponse) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{2}
+	return file_replica_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FenceResponse) GetPromisedEpoch() uint64 {
@@ -429,6 +935,20 @@ func (x *FenceResponse) GetLogFirstSeq() uint64 {
 	return 0
 }
 
+func (x *FenceResponse) GetNeedsFullHeal() string {
+	if x != nil {
+		return x.NeedsFullHeal
+	}
+	return ""
+}
+
+func (x *FenceResponse) GetUsedBytes() int64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
 type ReplicateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Open          *VolumeRef             `protobuf:"bytes,1,opt,name=open,proto3" json:"open,omitempty"` // first message only
@@ -439,7 +959,7 @@ type ReplicateRequest struct {
 
 func (x *ReplicateRequest) Reset() {
 	*x = ReplicateRequest{}
-	mi := &file_replica_proto_msgTypes[3]
+	mi := &file_replica_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +971,7 @@ func (x *ReplicateRequest) String() string {
 func (*ReplicateRequest) ProtoMessage() {}
 
 func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[3]
+	mi := &file_replica_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +984,7 @@ func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
 func (*ReplicateRequest) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{3}
+	return file_replica_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReplicateRequest) GetOpen() *VolumeRef {
@@ -491,15 +1011,18 @@ type ReplicateAck struct {
 	Results []*OpResult `protobuf:"bytes,5,rep,name=results,proto3" json:"results,omitempty"`
 	// error, when set, is fatal for the stream: the brick refused an op
 	// (stale epoch, gap, apply failure) and applied nothing after applied_seq.
-	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
-	Errno         uint32 `protobuf:"varint,4,opt,name=errno,proto3" json:"errno,omitempty"`
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Errno uint32 `protobuf:"varint,4,opt,name=errno,proto3" json:"errno,omitempty"`
+	// used_bytes is the sum of the sizes of the replica's regular files at
+	// applied_seq: what the head checks the volume's size quota against.
+	UsedBytes     int64 `protobuf:"varint,6,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplicateAck) Reset() {
 	*x = ReplicateAck{}
-	mi := &file_replica_proto_msgTypes[4]
+	mi := &file_replica_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +1034,7 @@ func (x *ReplicateAck) String() string {
 func (*ReplicateAck) ProtoMessage() {}
 
 func (x *ReplicateAck) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[4]
+	mi := &file_replica_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +1047,7 @@ func (x *ReplicateAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateAck.ProtoReflect.Descriptor instead.
 func (*ReplicateAck) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{4}
+	return file_replica_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReplicateAck) GetAppliedSeq() uint64 {
@@ -562,39 +1085,52 @@ func (x *ReplicateAck) GetErrno() uint32 {
 	return 0
 }
 
+func (x *ReplicateAck) GetUsedBytes() int64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
 // Op is one mutating operation. Directories are named by the file ID of the
 // parent directory (parent) plus a name, files by their file ID (fid); file
 // IDs are volume-wide and stable (the root directory is fid 1).
 type Op struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Type          OpType                 `protobuf:"varint,3,opt,name=type,proto3,enum=brick.v1.OpType" json:"type,omitempty"`
-	Fid           uint64                 `protobuf:"varint,4,opt,name=fid,proto3" json:"fid,omitempty"`
-	Parent        uint64                 `protobuf:"varint,5,opt,name=parent,proto3" json:"parent,omitempty"`
-	Name          string                 `protobuf:"bytes,6,opt,name=name,proto3" json:"name,omitempty"`
-	NewParent     uint64                 `protobuf:"varint,7,opt,name=new_parent,json=newParent,proto3" json:"new_parent,omitempty"`
-	NewName       string                 `protobuf:"bytes,8,opt,name=new_name,json=newName,proto3" json:"new_name,omitempty"`
-	Target        string                 `protobuf:"bytes,9,opt,name=target,proto3" json:"target,omitempty"`
-	Mode          uint32                 `protobuf:"varint,10,opt,name=mode,proto3" json:"mode,omitempty"`
-	Uid           uint32                 `protobuf:"varint,11,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           uint32                 `protobuf:"varint,12,opt,name=gid,proto3" json:"gid,omitempty"`
-	Rdev          uint64                 `protobuf:"varint,13,opt,name=rdev,proto3" json:"rdev,omitempty"`
-	Offset        int64                  `protobuf:"varint,14,opt,name=offset,proto3" json:"offset,omitempty"`
-	Size          int64                  `protobuf:"varint,15,opt,name=size,proto3" json:"size,omitempty"`
-	Data          []byte                 `protobuf:"bytes,16,opt,name=data,proto3" json:"data,omitempty"`
-	Flags         uint32                 `protobuf:"varint,17,opt,name=flags,proto3" json:"flags,omitempty"`
-	Valid         uint32                 `protobuf:"varint,18,opt,name=valid,proto3" json:"valid,omitempty"`
-	AtimeNs       int64                  `protobuf:"varint,19,opt,name=atime_ns,json=atimeNs,proto3" json:"atime_ns,omitempty"`
-	MtimeNs       int64                  `protobuf:"varint,20,opt,name=mtime_ns,json=mtimeNs,proto3" json:"mtime_ns,omitempty"`
-	Xattr         string                 `protobuf:"bytes,21,opt,name=xattr,proto3" json:"xattr,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Seq       uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Epoch     uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Type      OpType                 `protobuf:"varint,3,opt,name=type,proto3,enum=brick.v1.OpType" json:"type,omitempty"`
+	Fid       uint64                 `protobuf:"varint,4,opt,name=fid,proto3" json:"fid,omitempty"`
+	Parent    uint64                 `protobuf:"varint,5,opt,name=parent,proto3" json:"parent,omitempty"`
+	Name      string                 `protobuf:"bytes,6,opt,name=name,proto3" json:"name,omitempty"`
+	NewParent uint64                 `protobuf:"varint,7,opt,name=new_parent,json=newParent,proto3" json:"new_parent,omitempty"`
+	NewName   string                 `protobuf:"bytes,8,opt,name=new_name,json=newName,proto3" json:"new_name,omitempty"`
+	Target    string                 `protobuf:"bytes,9,opt,name=target,proto3" json:"target,omitempty"`
+	Mode      uint32                 `protobuf:"varint,10,opt,name=mode,proto3" json:"mode,omitempty"`
+	Uid       uint32                 `protobuf:"varint,11,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid       uint32                 `protobuf:"varint,12,opt,name=gid,proto3" json:"gid,omitempty"`
+	Rdev      uint64                 `protobuf:"varint,13,opt,name=rdev,proto3" json:"rdev,omitempty"`
+	Offset    int64                  `protobuf:"varint,14,opt,name=offset,proto3" json:"offset,omitempty"`
+	Size      int64                  `protobuf:"varint,15,opt,name=size,proto3" json:"size,omitempty"`
+	Data      []byte                 `protobuf:"bytes,16,opt,name=data,proto3" json:"data,omitempty"`
+	Flags     uint32                 `protobuf:"varint,17,opt,name=flags,proto3" json:"flags,omitempty"`
+	Valid     uint32                 `protobuf:"varint,18,opt,name=valid,proto3" json:"valid,omitempty"`
+	AtimeNs   int64                  `protobuf:"varint,19,opt,name=atime_ns,json=atimeNs,proto3" json:"atime_ns,omitempty"`
+	MtimeNs   int64                  `protobuf:"varint,20,opt,name=mtime_ns,json=mtimeNs,proto3" json:"mtime_ns,omitempty"`
+	Xattr     string                 `protobuf:"bytes,21,opt,name=xattr,proto3" json:"xattr,omitempty"`
+	// origin_epoch is the epoch of the head that sequenced the op. epoch is
+	// re-stamped whenever a later head forwards the op (a brick takes ops at
+	// its stream's epoch only); origin_epoch never changes, so (seq,
+	// origin_epoch) names one op for divergence checks across heads.
+	// 0 in ops written before the field existed: epoch is the origin then.
+	OriginEpoch   uint64 `protobuf:"varint,22,opt,name=origin_epoch,json=originEpoch,proto3" json:"origin_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Op) Reset() {
 	*x = Op{}
-	mi := &file_replica_proto_msgTypes[5]
+	mi := &file_replica_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -606,7 +1142,7 @@ func (x *Op) String() string {
 func (*Op) ProtoMessage() {}
 
 func (x *Op) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[5]
+	mi := &file_replica_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -619,7 +1155,7 @@ func (x *Op) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Op.ProtoReflect.Descriptor instead.
 func (*Op) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{5}
+	return file_replica_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Op) GetSeq() uint64 {
@@ -769,6 +1305,13 @@ func (x *Op) GetXattr() string {
 	return ""
 }
 
+func (x *Op) GetOriginEpoch() uint64 {
+	if x != nil {
+		return x.OriginEpoch
+	}
+	return 0
+}
+
 type OpResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -780,7 +1323,7 @@ type OpResult struct {
 
 func (x *OpResult) Reset() {
 	*x = OpResult{}
-	mi := &file_replica_proto_msgTypes[6]
+	mi := &file_replica_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +1335,7 @@ func (x *OpResult) String() string {
 func (*OpResult) ProtoMessage() {}
 
 func (x *OpResult) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[6]
+	mi := &file_replica_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1348,7 @@ func (x *OpResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpResult.ProtoReflect.Descriptor instead.
 func (*OpResult) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{6}
+	return file_replica_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *OpResult) GetSeq() uint64 {
@@ -848,7 +1391,7 @@ type Attr struct {
 
 func (x *Attr) Reset() {
 	*x = Attr{}
-	mi := &file_replica_proto_msgTypes[7]
+	mi := &file_replica_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +1403,7 @@ func (x *Attr) String() string {
 func (*Attr) ProtoMessage() {}
 
 func (x *Attr) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[7]
+	mi := &file_replica_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +1416,7 @@ func (x *Attr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attr.ProtoReflect.Descriptor instead.
 func (*Attr) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{7}
+	return file_replica_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Attr) GetFid() uint64 {
@@ -964,7 +1507,7 @@ type DirEntry struct {
 
 func (x *DirEntry) Reset() {
 	*x = DirEntry{}
-	mi := &file_replica_proto_msgTypes[8]
+	mi := &file_replica_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1519,7 @@ func (x *DirEntry) String() string {
 func (*DirEntry) ProtoMessage() {}
 
 func (x *DirEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[8]
+	mi := &file_replica_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1532,7 @@ func (x *DirEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirEntry.ProtoReflect.Descriptor instead.
 func (*DirEntry) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{8}
+	return file_replica_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DirEntry) GetName() string {
@@ -1028,7 +1571,7 @@ type MetaRequest struct {
 
 func (x *MetaRequest) Reset() {
 	*x = MetaRequest{}
-	mi := &file_replica_proto_msgTypes[9]
+	mi := &file_replica_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1583,7 @@ func (x *MetaRequest) String() string {
 func (*MetaRequest) ProtoMessage() {}
 
 func (x *MetaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[9]
+	mi := &file_replica_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1596,7 @@ func (x *MetaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaRequest.ProtoReflect.Descriptor instead.
 func (*MetaRequest) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{9}
+	return file_replica_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MetaRequest) GetRef() *VolumeRef {
@@ -1120,7 +1663,7 @@ type Statfs struct {
 
 func (x *Statfs) Reset() {
 	*x = Statfs{}
-	mi := &file_replica_proto_msgTypes[10]
+	mi := &file_replica_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1675,7 @@ func (x *Statfs) String() string {
 func (*Statfs) ProtoMessage() {}
 
 func (x *Statfs) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[10]
+	mi := &file_replica_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1688,7 @@ func (x *Statfs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Statfs.ProtoReflect.Descriptor instead.
 func (*Statfs) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{10}
+	return file_replica_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Statfs) GetBlocks() uint64 {
@@ -1212,7 +1755,7 @@ type MetaResponse struct {
 
 func (x *MetaResponse) Reset() {
 	*x = MetaResponse{}
-	mi := &file_replica_proto_msgTypes[11]
+	mi := &file_replica_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1767,7 @@ func (x *MetaResponse) String() string {
 func (*MetaResponse) ProtoMessage() {}
 
 func (x *MetaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[11]
+	mi := &file_replica_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1780,7 @@ func (x *MetaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaResponse.ProtoReflect.Descriptor instead.
 func (*MetaResponse) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{11}
+	return file_replica_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MetaResponse) GetErrno() uint32 {
@@ -1302,7 +1845,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_replica_proto_msgTypes[12]
+	mi := &file_replica_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1857,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[12]
+	mi := &file_replica_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1870,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{12}
+	return file_replica_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReadRequest) GetRef() *VolumeRef {
@@ -1375,7 +1918,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_replica_proto_msgTypes[13]
+	mi := &file_replica_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1387,7 +1930,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[13]
+	mi := &file_replica_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1400,7 +1943,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{13}
+	return file_replica_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ReadResponse) GetErrno() uint32 {
@@ -1427,7 +1970,7 @@ type OpsSinceRequest struct {
 
 func (x *OpsSinceRequest) Reset() {
 	*x = OpsSinceRequest{}
-	mi := &file_replica_proto_msgTypes[14]
+	mi := &file_replica_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1439,7 +1982,7 @@ func (x *OpsSinceRequest) String() string {
 func (*OpsSinceRequest) ProtoMessage() {}
 
 func (x *OpsSinceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_replica_proto_msgTypes[14]
+	mi := &file_replica_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1452,7 +1995,7 @@ func (x *OpsSinceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpsSinceRequest.ProtoReflect.Descriptor instead.
 func (*OpsSinceRequest) Descriptor() ([]byte, []int) {
-	return file_replica_proto_rawDescGZIP(), []int{14}
+	return file_replica_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *OpsSinceRequest) GetRef() *VolumeRef {
@@ -1473,13 +2016,55 @@ var File_replica_proto protoreflect.FileDescriptor
 
 const file_replica_proto_rawDesc = "" +
 	"\n" +
-	"\rreplica.proto\x12\bbrick.v1\x1a\vbrick.proto\"h\n" +
+	"\rreplica.proto\x12\bbrick.v1\x1a\vbrick.proto\"8\n" +
+	"\x0fSnapshotRequest\x12%\n" +
+	"\x03ref\x18\x01 \x01(\v2\x13.brick.v1.VolumeRefR\x03ref\"\xc4\x01\n" +
+	"\fSnapshotPart\x12\x1f\n" +
+	"\vapplied_seq\x18\x01 \x01(\x04R\n" +
+	"appliedSeq\x12#\n" +
+	"\rapplied_epoch\x18\x02 \x01(\x04R\fappliedEpoch\x12\x17\n" +
+	"\amax_fid\x18\x03 \x01(\x04R\x06maxFid\x12-\n" +
+	"\aentries\x18\x04 \x03(\v2\x13.brick.v1.SnapEntryR\aentries\x12&\n" +
+	"\x04sums\x18\x05 \x03(\v2\x12.brick.v1.FileSumsR\x04sums\"\xa0\x02\n" +
+	"\tSnapEntry\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\x04R\x06parent\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03fid\x18\x03 \x01(\x04R\x03fid\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\x05 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x06 \x01(\rR\x03gid\x12\x12\n" +
+	"\x04rdev\x18\a \x01(\x04R\x04rdev\x12\x12\n" +
+	"\x04size\x18\b \x01(\x03R\x04size\x12\x19\n" +
+	"\batime_ns\x18\t \x01(\x03R\aatimeNs\x12\x19\n" +
+	"\bmtime_ns\x18\n" +
+	" \x01(\x03R\amtimeNs\x12\x16\n" +
+	"\x06target\x18\v \x01(\tR\x06target\x12'\n" +
+	"\x06xattrs\x18\f \x03(\v2\x0f.brick.v1.XattrR\x06xattrs\"1\n" +
+	"\x05Xattr\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"H\n" +
+	"\bFileSums\x12\x10\n" +
+	"\x03fid\x18\x01 \x01(\x04R\x03fid\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x16\n" +
+	"\x06chunks\x18\x03 \x03(\rR\x06chunks\"\x9e\x01\n" +
+	"\rResyncRequest\x12%\n" +
+	"\x03ref\x18\x01 \x01(\v2\x13.brick.v1.VolumeRefR\x03ref\x12!\n" +
+	"\fsource_brick\x18\x02 \x01(\tR\vsourceBrick\x12\x1f\n" +
+	"\vsource_addr\x18\x03 \x01(\tR\n" +
+	"sourceAddr\x12\"\n" +
+	"\rbytes_per_sec\x18\x04 \x01(\x03R\vbytesPerSec\"\x8f\x01\n" +
+	"\x0eResyncResponse\x12\x1f\n" +
+	"\vapplied_seq\x18\x01 \x01(\x04R\n" +
+	"appliedSeq\x12\x14\n" +
+	"\x05files\x18\x02 \x01(\x04R\x05files\x12#\n" +
+	"\rbytes_fetched\x18\x03 \x01(\x04R\fbytesFetched\x12!\n" +
+	"\fbytes_reused\x18\x04 \x01(\x04R\vbytesReused\"h\n" +
 	"\tVolumeRef\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"5\n" +
 	"\fFenceRequest\x12%\n" +
-	"\x03ref\x18\x01 \x01(\v2\x13.brick.v1.VolumeRefR\x03ref\"\xd8\x01\n" +
+	"\x03ref\x18\x01 \x01(\v2\x13.brick.v1.VolumeRefR\x03ref\"\x9f\x02\n" +
 	"\rFenceResponse\x12%\n" +
 	"\x0epromised_epoch\x18\x01 \x01(\x04R\rpromisedEpoch\x12#\n" +
 	"\rapplied_epoch\x18\x02 \x01(\x04R\fappliedEpoch\x12\x1f\n" +
@@ -1488,10 +2073,13 @@ const file_replica_proto_rawDesc = "" +
 	"\n" +
 	"synced_seq\x18\x04 \x01(\x04R\tsyncedSeq\x12\x17\n" +
 	"\amax_fid\x18\x05 \x01(\x04R\x06maxFid\x12\"\n" +
-	"\rlog_first_seq\x18\x06 \x01(\x04R\vlogFirstSeq\"[\n" +
+	"\rlog_first_seq\x18\x06 \x01(\x04R\vlogFirstSeq\x12&\n" +
+	"\x0fneeds_full_heal\x18\a \x01(\tR\rneedsFullHeal\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\b \x01(\x03R\tusedBytes\"[\n" +
 	"\x10ReplicateRequest\x12'\n" +
 	"\x04open\x18\x01 \x01(\v2\x13.brick.v1.VolumeRefR\x04open\x12\x1e\n" +
-	"\x03ops\x18\x02 \x03(\v2\f.brick.v1.OpR\x03ops\"\xa8\x01\n" +
+	"\x03ops\x18\x02 \x03(\v2\f.brick.v1.OpR\x03ops\"\xc7\x01\n" +
 	"\fReplicateAck\x12\x1f\n" +
 	"\vapplied_seq\x18\x01 \x01(\x04R\n" +
 	"appliedSeq\x12\x1d\n" +
@@ -1499,7 +2087,9 @@ const file_replica_proto_rawDesc = "" +
 	"synced_seq\x18\x02 \x01(\x04R\tsyncedSeq\x12,\n" +
 	"\aresults\x18\x05 \x03(\v2\x12.brick.v1.OpResultR\aresults\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x14\n" +
-	"\x05errno\x18\x04 \x01(\rR\x05errno\"\xe6\x03\n" +
+	"\x05errno\x18\x04 \x01(\rR\x05errno\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\x06 \x01(\x03R\tusedBytes\"\x89\x04\n" +
 	"\x02Op\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12$\n" +
@@ -1523,7 +2113,8 @@ const file_replica_proto_rawDesc = "" +
 	"\x05valid\x18\x12 \x01(\rR\x05valid\x12\x19\n" +
 	"\batime_ns\x18\x13 \x01(\x03R\aatimeNs\x12\x19\n" +
 	"\bmtime_ns\x18\x14 \x01(\x03R\amtimeNs\x12\x14\n" +
-	"\x05xattr\x18\x15 \x01(\tR\x05xattr\"V\n" +
+	"\x05xattr\x18\x15 \x01(\tR\x05xattr\x12!\n" +
+	"\forigin_epoch\x18\x16 \x01(\x04R\voriginEpoch\"V\n" +
 	"\bOpResult\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05errno\x18\x02 \x01(\rR\x05errno\x12\"\n" +
@@ -1619,13 +2210,15 @@ const file_replica_proto_rawDesc = "" +
 	"\rMETA_READLINK\x10\x04\x12\x11\n" +
 	"\rMETA_GETXATTR\x10\x05\x12\x12\n" +
 	"\x0eMETA_LISTXATTR\x10\x06\x12\x0f\n" +
-	"\vMETA_STATFS\x10\a2\xad\x02\n" +
+	"\vMETA_STATFS\x10\a2\xab\x03\n" +
 	"\aReplica\x128\n" +
 	"\x05Fence\x12\x16.brick.v1.FenceRequest\x1a\x17.brick.v1.FenceResponse\x12C\n" +
 	"\tReplicate\x12\x1a.brick.v1.ReplicateRequest\x1a\x16.brick.v1.ReplicateAck(\x010\x01\x125\n" +
 	"\x04Meta\x12\x15.brick.v1.MetaRequest\x1a\x16.brick.v1.MetaResponse\x125\n" +
 	"\x04Read\x12\x15.brick.v1.ReadRequest\x1a\x16.brick.v1.ReadResponse\x125\n" +
-	"\bOpsSince\x12\x19.brick.v1.OpsSinceRequest\x1a\f.brick.v1.Op0\x01B)Z'github.com/brickvol/brick/proto/brickpbb\x06proto3"
+	"\bOpsSince\x12\x19.brick.v1.OpsSinceRequest\x1a\f.brick.v1.Op0\x01\x12?\n" +
+	"\bSnapshot\x12\x19.brick.v1.SnapshotRequest\x1a\x16.brick.v1.SnapshotPart0\x01\x12;\n" +
+	"\x06Resync\x12\x17.brick.v1.ResyncRequest\x1a\x18.brick.v1.ResyncResponseB)Z'github.com/brickvol/brick/proto/brickpbb\x06proto3"
 
 var (
 	file_replica_proto_rawDescOnce sync.Once
@@ -1640,58 +2233,74 @@ func file_replica_proto_rawDescGZIP() []byte {
 }
 
 var file_replica_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_replica_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_replica_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_replica_proto_goTypes = []any{
 	(OpType)(0),              // 0: brick.v1.OpType
 	(SetattrBit)(0),          // 1: brick.v1.SetattrBit
 	(MetaKind)(0),            // 2: brick.v1.MetaKind
-	(*VolumeRef)(nil),        // 3: brick.v1.VolumeRef
-	(*FenceRequest)(nil),     // 4: brick.v1.FenceRequest
-	(*FenceResponse)(nil),    // 5: brick.v1.FenceResponse
-	(*ReplicateRequest)(nil), // 6: brick.v1.ReplicateRequest
-	(*ReplicateAck)(nil),     // 7: brick.v1.ReplicateAck
-	(*Op)(nil),               // 8: brick.v1.Op
-	(*OpResult)(nil),         // 9: brick.v1.OpResult
-	(*Attr)(nil),             // 10: brick.v1.Attr
-	(*DirEntry)(nil),         // 11: brick.v1.DirEntry
-	(*MetaRequest)(nil),      // 12: brick.v1.MetaRequest
-	(*Statfs)(nil),           // 13: brick.v1.Statfs
-	(*MetaResponse)(nil),     // 14: brick.v1.MetaResponse
-	(*ReadRequest)(nil),      // 15: brick.v1.ReadRequest
-	(*ReadResponse)(nil),     // 16: brick.v1.ReadResponse
-	(*OpsSinceRequest)(nil),  // 17: brick.v1.OpsSinceRequest
-	(*Header)(nil),           // 18: brick.v1.Header
+	(*SnapshotRequest)(nil),  // 3: brick.v1.SnapshotRequest
+	(*SnapshotPart)(nil),     // 4: brick.v1.SnapshotPart
+	(*SnapEntry)(nil),        // 5: brick.v1.SnapEntry
+	(*Xattr)(nil),            // 6: brick.v1.Xattr
+	(*FileSums)(nil),         // 7: brick.v1.FileSums
+	(*ResyncRequest)(nil),    // 8: brick.v1.ResyncRequest
+	(*ResyncResponse)(nil),   // 9: brick.v1.ResyncResponse
+	(*VolumeRef)(nil),        // 10: brick.v1.VolumeRef
+	(*FenceRequest)(nil),     // 11: brick.v1.FenceRequest
+	(*FenceResponse)(nil),    // 12: brick.v1.FenceResponse
+	(*ReplicateRequest)(nil), // 13: brick.v1.ReplicateRequest
+	(*ReplicateAck)(nil),     // 14: brick.v1.ReplicateAck
+	(*Op)(nil),               // 15: brick.v1.Op
+	(*OpResult)(nil),         // 16: brick.v1.OpResult
+	(*Attr)(nil),             // 17: brick.v1.Attr
+	(*DirEntry)(nil),         // 18: brick.v1.DirEntry
+	(*MetaRequest)(nil),      // 19: brick.v1.MetaRequest
+	(*Statfs)(nil),           // 20: brick.v1.Statfs
+	(*MetaResponse)(nil),     // 21: brick.v1.MetaResponse
+	(*ReadRequest)(nil),      // 22: brick.v1.ReadRequest
+	(*ReadResponse)(nil),     // 23: brick.v1.ReadResponse
+	(*OpsSinceRequest)(nil),  // 24: brick.v1.OpsSinceRequest
+	(*Header)(nil),           // 25: brick.v1.Header
 }
 var file_replica_proto_depIdxs = []int32{
-	18, // 0: brick.v1.VolumeRef.header:type_name -> brick.v1.Header
-	3,  // 1: brick.v1.FenceRequest.ref:type_name -> brick.v1.VolumeRef
-	3,  // 2: brick.v1.ReplicateRequest.open:type_name -> brick.v1.VolumeRef
-	8,  // 3: brick.v1.ReplicateRequest.ops:type_name -> brick.v1.Op
-	9,  // 4: brick.v1.ReplicateAck.results:type_name -> brick.v1.OpResult
-	0,  // 5: brick.v1.Op.type:type_name -> brick.v1.OpType
-	10, // 6: brick.v1.OpResult.attr:type_name -> brick.v1.Attr
-	3,  // 7: brick.v1.MetaRequest.ref:type_name -> brick.v1.VolumeRef
-	2,  // 8: brick.v1.MetaRequest.kind:type_name -> brick.v1.MetaKind
-	10, // 9: brick.v1.MetaResponse.attr:type_name -> brick.v1.Attr
-	11, // 10: brick.v1.MetaResponse.entries:type_name -> brick.v1.DirEntry
-	13, // 11: brick.v1.MetaResponse.statfs:type_name -> brick.v1.Statfs
-	3,  // 12: brick.v1.ReadRequest.ref:type_name -> brick.v1.VolumeRef
-	3,  // 13: brick.v1.OpsSinceRequest.ref:type_name -> brick.v1.VolumeRef
-	4,  // 14: brick.v1.Replica.Fence:input_type -> brick.v1.FenceRequest
-	6,  // 15: brick.v1.Replica.Replicate:input_type -> brick.v1.ReplicateRequest
-	12, // 16: brick.v1.Replica.Meta:input_type -> brick.v1.MetaRequest
-	15, // 17: brick.v1.Replica.Read:input_type -> brick.v1.ReadRequest
-	17, // 18: brick.v1.Replica.OpsSince:input_type -> brick.v1.OpsSinceRequest
-	5,  // 19: brick.v1.Replica.Fence:output_type -> brick.v1.FenceResponse
-	7,  // 20: brick.v1.Replica.Replicate:output_type -> brick.v1.ReplicateAck
-	14, // 21: brick.v1.Replica.Meta:output_type -> brick.v1.MetaResponse
-	16, // 22: brick.v1.Replica.Read:output_type -> brick.v1.ReadResponse
-	8,  // 23: brick.v1.Replica.OpsSince:output_type -> brick.v1.Op
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	10, // 0: brick.v1.SnapshotRequest.ref:type_name -> brick.v1.VolumeRef
+	5,  // 1: brick.v1.SnapshotPart.entries:type_name -> brick.v1.SnapEntry
+	7,  // 2: brick.v1.SnapshotPart.sums:type_name -> brick.v1.FileSums
+	6,  // 3: brick.v1.SnapEntry.xattrs:type_name -> brick.v1.Xattr
+	10, // 4: brick.v1.ResyncRequest.ref:type_name -> brick.v1.VolumeRef
+	25, // 5: brick.v1.VolumeRef.header:type_name -> brick.v1.Header
+	10, // 6: brick.v1.FenceRequest.ref:type_name -> brick.v1.VolumeRef
+	10, // 7: brick.v1.ReplicateRequest.open:type_name -> brick.v1.VolumeRef
+	15, // 8: brick.v1.ReplicateRequest.ops:type_name -> brick.v1.Op
+	16, // 9: brick.v1.ReplicateAck.results:type_name -> brick.v1.OpResult
+	0,  // 10: brick.v1.Op.type:type_name -> brick.v1.OpType
+	17, // 11: brick.v1.OpResult.attr:type_name -> brick.v1.Attr
+	10, // 12: brick.v1.MetaRequest.ref:type_name -> brick.v1.VolumeRef
+	2,  // 13: brick.v1.MetaRequest.kind:type_name -> brick.v1.MetaKind
+	17, // 14: brick.v1.MetaResponse.attr:type_name -> brick.v1.Attr
+	18, // 15: brick.v1.MetaResponse.entries:type_name -> brick.v1.DirEntry
+	20, // 16: brick.v1.MetaResponse.statfs:type_name -> brick.v1.Statfs
+	10, // 17: brick.v1.ReadRequest.ref:type_name -> brick.v1.VolumeRef
+	10, // 18: brick.v1.OpsSinceRequest.ref:type_name -> brick.v1.VolumeRef
+	11, // 19: brick.v1.Replica.Fence:input_type -> brick.v1.FenceRequest
+	13, // 20: brick.v1.Replica.Replicate:input_type -> brick.v1.ReplicateRequest
+	19, // 21: brick.v1.Replica.Meta:input_type -> brick.v1.MetaRequest
+	22, // 22: brick.v1.Replica.Read:input_type -> brick.v1.ReadRequest
+	24, // 23: brick.v1.Replica.OpsSince:input_type -> brick.v1.OpsSinceRequest
+	3,  // 24: brick.v1.Replica.Snapshot:input_type -> brick.v1.SnapshotRequest
+	8,  // 25: brick.v1.Replica.Resync:input_type -> brick.v1.ResyncRequest
+	12, // 26: brick.v1.Replica.Fence:output_type -> brick.v1.FenceResponse
+	14, // 27: brick.v1.Replica.Replicate:output_type -> brick.v1.ReplicateAck
+	21, // 28: brick.v1.Replica.Meta:output_type -> brick.v1.MetaResponse
+	23, // 29: brick.v1.Replica.Read:output_type -> brick.v1.ReadResponse
+	15, // 30: brick.v1.Replica.OpsSince:output_type -> brick.v1.Op
+	4,  // 31: brick.v1.Replica.Snapshot:output_type -> brick.v1.SnapshotPart
+	9,  // 32: brick.v1.Replica.Resync:output_type -> brick.v1.ResyncResponse
+	26, // [26:33] is the sub-list for method output_type
+	19, // [19:26] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_replica_proto_init() }
@@ -1706,7 +2315,7 @@ func file_replica_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_replica_proto_rawDesc), len(file_replica_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   15,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,8 @@ const (
 	Replica_Meta_FullMethodName      = "/brick.v1.Replica/Meta"
 	Replica_Read_FullMethodName      = "/brick.v1.Replica/Read"
 	Replica_OpsSince_FullMethodName  = "/brick.v1.Replica/OpsSince"
+	Replica_Snapshot_FullMethodName  = "/brick.v1.Replica/Snapshot"
+	Replica_Resync_FullMethodName    = "/brick.v1.Replica/Resync"
 )
 
 // ReplicaClient is the client API for Replica service.
@@ -50,6 +52,17 @@ type ReplicaClient interface {
 	// OpsSince streams the brick's op log after a sequence number, for heal;
 	// fails with OutOfRange when the log no longer covers it.
 	OpsSince(ctx context.Context, in *OpsSinceRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Op], error)
+	// Snapshot streams the replica's structure as of its applied position
+	// (names, file IDs, attributes, xattrs, link targets; the first message
+	// carries the position), then each regular file's chunk checksums: what
+	// a full resync compares against.
+	Snapshot(ctx context.Context, in *SnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotPart], error)
+	// Resync makes this brick's replica of the volume a copy of source's, as
+	// of source's applied position, fetching only the chunks whose checksums
+	// differ, and then reports that position: the head heals it from there
+	// through the op log. It replaces a replica that no op log can catch up
+	// (wiped, diverged, or too far behind).
+	Resync(ctx context.Context, in *ResyncRequest, opts ...grpc.CallOption) (*ResyncResponse, error)
 }
 
 type replicaClient struct {
@@ -122,6 +135,35 @@ func (c *replicaClient) OpsSince(ctx context.Context, in *OpsSinceRequest, opts 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Replica_OpsSinceClient = grpc.ServerStreamingClient[Op]
 
+func (c *replicaClient) Snapshot(ctx context.Context, in *SnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotPart], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Replica_ServiceDesc.Streams[2], Replica_Snapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SnapshotRequest, SnapshotPart]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Replica_SnapshotClient = grpc.ServerStreamingClient[SnapshotPart]
+
+func (c *replicaClient) Resync(ctx context.Context, in *ResyncRequest, opts ...grpc.CallOption) (*ResyncResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResyncResponse)
+	err := c.cc.Invoke(ctx, Replica_Resync_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReplicaServer is the server API for Replica service.
 // All implementations must embed UnimplementedReplicaServer
 // for forward compatibility.
@@ -143,6 +185,17 @@ type ReplicaServer interface {
 	// OpsSince streams the brick's op log after a sequence number, for heal;
 	// fails with OutOfRange when the log no longer covers it.
 	OpsSince(*OpsSinceRequest, grpc.ServerStreamingServer[Op]) error
+	// Snapshot streams the replica's structure as of its applied position
+	// (names, file IDs, attributes, xattrs, link targets; the first message
+	// carries the position), then each regular file's chunk checksums: what
+	// a full resync compares against.
+	Snapshot(*SnapshotRequest, grpc.ServerStreamingServer[SnapshotPart]) error
+	// Resync makes this brick's replica of the volume a copy of source's, as
+	// of source's applied position, fetching only the chunks whose checksums
+	// differ, and then reports that position: the head heals it from there
+	// through the op log. It replaces a replica that no op log can catch up
+	// (wiped, diverged, or too far behind).
+	Resync(context.Context, *ResyncRequest) (*ResyncResponse, error)
 	mustEmbedUnimplementedReplicaServer()
 }
 
@@ -167,6 +220,12 @@ func (UnimplementedReplicaServer) Read(context.Context, *ReadRequest) (*ReadResp
 }
 func (UnimplementedReplicaServer) OpsSince(*OpsSinceRequest, grpc.ServerStreamingServer[Op]) error {
 	return status.Error(codes.Unimplemented, "method OpsSince not implemented")
+}
+func (UnimplementedReplicaServer) Snapshot(*SnapshotRequest, grpc.ServerStreamingServer[SnapshotPart]) error {
+	return status.Error(codes.Unimplemented, "method Snapshot not implemented")
+}
+func (UnimplementedReplicaServer) Resync(context.Context, *ResyncRequest) (*ResyncResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Resync not implemented")
 }
 func (UnimplementedReplicaServer) mustEmbedUnimplementedReplicaServer() {}
 func (UnimplementedReplicaServer) testEmbeddedByValue()                 {}
@@ -261,6 +320,35 @@ func _Replica_OpsSince_Handler(srv interface{}, stream grpc.ServerStream) error 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Replica_OpsSinceServer = grpc.ServerStreamingServer[Op]
 
+func _Replica_Snapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SnapshotRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ReplicaServer).Snapshot(m, &grpc.GenericServerStream[SnapshotRequest, SnapshotPart]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Replica_SnapshotServer = grpc.ServerStreamingServer[SnapshotPart]
+
+func _Replica_Resync_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResyncRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReplicaServer).Resync(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Replica_Resync_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReplicaServer).Resync(ctx, req.(*ResyncRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Replica_ServiceDesc is the grpc.ServiceDesc for Replica service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -280,6 +368,10 @@ var Replica_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Read",
 			Handler:    _Replica_Read_Handler,
 		},
+		{
+			MethodName: "Resync",
+			Handler:    _Replica_Resync_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -291,6 +383,11 @@ var Replica_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "OpsSince",
 			Handler:       _Replica_OpsSince_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Snapshot",
+			Handler:       _Replica_Snapshot_Handler,
 			ServerStreams: true,
 		},
 	},

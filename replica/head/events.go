@@ -56,7 +56,13 @@ type StreamUp struct {
 	Applied, Synced uint64
 	AppliedEpoch    uint64
 	NeedsFullHeal   string
+	UsedBytes       int64 // the replica's usage (Position.UsedBytes)
 }
+
+// Resynced reports that a full resync (outside the machine) rebuilt a
+// healing brick's replica: whatever made it need one is gone, and its next
+// stream reports where the copy stands.
+type Resynced struct{ Brick string }
 
 // Tick tells the machine the time. The first event of a machine must be a
 // Tick.
@@ -101,6 +107,7 @@ type HealFetched struct {
 }
 
 func (Submit) isEvent()            {}
+func (Resynced) isEvent()          {}
 func (SyncReq) isEvent()           {}
 func (Cancel) isEvent()            {}
 func (Ack) isEvent()               {}

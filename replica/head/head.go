@@ -41,6 +41,11 @@ type Position struct {
 	// op). Heal compares it with the op the volume committed at that seq:
 	// a brick that applied an op its ISR never had must be fully resynced.
 	AppliedEpoch uint64
+	// MaxFID is the highest file ID the replica holds (0: unknown).
+	MaxFID uint64
+	// UsedBytes is the sum of the sizes of the replica's regular files (-1:
+	// unknown).
+	UsedBytes int64
 	// NeedsFullHeal, when set, is the brick's own word that its replica
 	// cannot be trusted beyond Synced (suspect after a power loss): heal
 	// will not catch it up from an op log.
@@ -94,6 +99,8 @@ type Head struct {
 	nextWaiter atomic.Uint64
 	afterSeq   atomic.Uint64
 	fid        atomic.Uint64
+	used       atomic.Int64  // UsedBytes; -1 until known
+	usedKnown  chan struct{} // closed once used is known
 
 	mu      sync.Mutex
 	primary string
@@ -178,6 +185,8 @@ func Start(ctx context.Context, cfg Config, tr Transport, ctl Control, clk Clock
 	}
 	h.ctx, h.cancel = context.WithCancel(ctx)
 	h.afterSeq.Store(cfg.StartSeq)
+	h.used.Store(-1)
+	h.usedKnown = make(chan struct{})
 	h.fid.Store(cfg.MaxFID)
 	go h.run()
 	return h, nil
@@ -307,6 +316,23 @@ func (h *Head) WaitFor(ctx context.Context, cond func(Status) bool) (Status, err
 	}
 }
 
+// Resynced tells the head that a full resync rebuilt brick's replica (see
+// the Resynced event): it heals the brick from the copy's position.
+func (h *Head) Resynced(brick string) { h.post(Resynced{Brick: brick}) }
+
+// UsedBytes is an upper bound of the volume's usage (the sum of its
+// regular files' sizes) counting every op sequenced so far: the primary
+// brick's last reported figure plus the bytes of the ops it has not
+// acknowledged yet (each counted as if it only grew files). ok is false
+// until the primary has reported.
+func (h *Head) UsedBytes() (used int64, ok bool) {
+	u := h.used.Load()
+	return u, u >= 0
+}
+
+// UsageKnown is closed once UsedBytes has a figure.
+func (h *Head) UsageKnown() <-chan struct{} { return h.usedKnown }
+
 // ObserveISR tells the head about an ISR committed in Raft by someone else
 // (an external full heal re-adding a brick, which the head then takes as
 // new) or a newer epoch (which fences the head). index
@@ -391,6 +417,11 @@ func (h *Head) step(ev Event) {
 	acts := h.m.Step(ev)
 	// Published before any Complete: Do's caller may read them at once.
 	h.afterSeq.Store(h.m.LastSeq())
+	if u, ok := h.m.UsedEstimate(); ok {
+		if h.used.Swap(u) < 0 {
+			close(h.usedKnown)
+		}
+	}
 	if p := h.m.Primary(); p != h.primary { // h.primary is written only here
 		h.mu.Lock()
 		h.primary = p
@@ -541,7 +572,7 @@ func (h *Head) install(so streamOpened) Event {
 	go c.sendLoop()
 	go c.recvLoop()
 	return StreamUp{Brick: so.key.brick, Gen: so.key.gen, Applied: so.pos.Applied, Synced: so.pos.Synced,
-		AppliedEpoch: so.pos.AppliedEpoch, NeedsFullHeal: so.pos.NeedsFullHeal}
+		AppliedEpoch: so.pos.AppliedEpoch, NeedsFullHeal: so.pos.NeedsFullHeal, UsedBytes: so.pos.UsedBytes}
 }
 
 const (

@@ -49,6 +49,7 @@ type healer struct {
 	rate                  float64 // acknowledged bytes/s, smoothed
 	rateAt                time.Time
 	rateBytes             int64 // ackedBytes at rateAt
+	healBytes             int64 // op bytes sent over every stream of this heal
 }
 
 // mark: after the batch ending at seq, sentBytes was cum.
@@ -272,6 +273,7 @@ func (m *Machine) pump(h *healer) {
 		h.sent = next
 		h.tokens -= float64(size)
 		h.sentBytes += size
+		h.healBytes += size
 	}
 	if len(ops) > 0 {
 		m.emit(Send{Brick: h.id, Gen: h.gen, Ops: ops})
@@ -344,9 +346,9 @@ func (m *Machine) healFetched(h *healer, e HealFetched) {
 		}
 	}
 	if h.verify != 0 && len(ops) > 0 {
-		if ops[0].Epoch != h.verify {
+		if OriginEpoch(ops[0]) != h.verify {
 			m.needsFull(h, fmt.Sprintf("brick %s needs a full resync: its op %d is from epoch %d, but the op log of %s has it from epoch %d: it holds ops the volume never committed",
-				h.id, h.start, h.verify, src, ops[0].Epoch), true)
+				h.id, h.start, h.verify, src, OriginEpoch(ops[0])), true)
 			return
 		}
 		m.log.Info("healing brick: its last op matches the op log", "brick", h.id, "seq", h.start, "epoch", h.verify, "source", src)
@@ -354,6 +356,7 @@ func (m *Machine) healFetched(h *healer, e HealFetched) {
 		ops = ops[1:]
 	}
 	for _, op := range ops {
+		op.OriginEpoch = OriginEpoch(op)
 		op.Epoch = m.epoch // the brick takes ops at the stream's epoch only
 		h.buf = append(h.buf, op)
 		h.bufBytes += opSize(op)
@@ -446,7 +449,8 @@ func (m *Machine) proposeJoin() {
 		}
 		isr := m.inPlacement(append(slices.Clone(m.isr), id))
 		m.proposing, m.joining = true, id
-		m.log.Warn("healed brick caught up; adding it to the ISR through Raft", "brick", id, "applied", h.applied, "synced", h.synced, "last_seq", m.lastSeq, "isr", isr)
+		m.log.Warn("healed brick caught up; adding it to the ISR through Raft", "brick", id, "applied", h.applied, "synced", h.synced,
+			"last_seq", m.lastSeq, "isr", isr, "heal_bytes", h.healBytes, "heal_ops_from_log", h.logOps)
 		m.emit(ProposeISR{Epoch: m.epoch, ISR: isr})
 		return
 	}
@@ -578,4 +582,25 @@ func (m *Machine) healStatus(h *healer) HealStatus {
 		s.ETA = time.Duration(min(float64(s.BytesRemaining)/s.Rate, 1e6) * float64(time.Second))
 	}
 	return s
+}
+
+// OriginEpoch is the epoch of the head that sequenced op: its identity
+// together with its seq, whatever head forwarded it last.
+func OriginEpoch(op *brickpb.Op) uint64 {
+	if op.GetOriginEpoch() != 0 {
+		return op.GetOriginEpoch()
+	}
+	return op.GetEpoch()
+}
+
+// resynced forgets why h needed a full resync and reopens its stream at
+// once: the brick holds a fresh copy (Resynced), checked from scratch.
+func (m *Machine) resynced(h *healer) {
+	m.log.Warn("brick was resynced in full: healing it from its new position", "brick", h.id, "was", h.full)
+	h.full, h.sticky, h.stalls = "", false, 0
+	if h.conn == connDown {
+		h.retryAt = m.now
+		return
+	}
+	m.healDown(h, "resynced", true)
 }

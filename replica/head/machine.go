@@ -84,6 +84,11 @@ type brick struct {
 	full     string // it needs a full resync, not just the op log
 	sticky   bool   // and no op log can ever do (it diverged)
 	lastErr  string
+	// used is the replica's usage as of usedAt (its applied seq then), from
+	// its stream's opening or its last ack that carried one (usedOK).
+	used   int64
+	usedAt uint64
+	usedOK bool
 }
 
 // entry is one sequenced op still retained for resends.
@@ -185,6 +190,10 @@ func (m *Machine) Step(ev Event) []Action {
 		m.proposalFailed(e)
 	case Fenced:
 		m.fence(fmt.Sprintf("brick %s refused epoch %d: %s", e.Brick, m.epoch, e.Msg))
+	case Resynced:
+		if h := m.healers[e.Brick]; h != nil {
+			m.resynced(h)
+		}
 	case Stop:
 		m.stop(e.Err)
 	}
@@ -310,7 +319,7 @@ func (m *Machine) newBarrier() {
 
 func (m *Machine) sequence(op *brickpb.Op, size int64) *entry {
 	m.lastSeq++
-	op.Seq, op.Epoch = m.lastSeq, m.epoch
+	op.Seq, op.Epoch, op.OriginEpoch = m.lastSeq, m.epoch, m.epoch
 	m.seqBytes += size
 	e := &entry{op: op, at: m.now, size: size, cum: m.seqBytes}
 	m.entries = append(m.entries, e)
@@ -427,6 +436,9 @@ func (m *Machine) streamUp(e StreamUp) {
 	}
 	b.conn, b.known, b.lastErr = connUp, true, ""
 	b.applied, b.sent = e.Applied, e.Applied
+	if e.UsedBytes >= 0 {
+		b.used, b.usedAt, b.usedOK = e.UsedBytes, e.Applied, true
+	}
 	b.synced = max(b.synced, e.Synced)
 	if b.id == m.primary {
 		m.answerApplied()
@@ -468,6 +480,9 @@ func (m *Machine) ack(e Ack) {
 	}
 	b.applied = a.AppliedSeq
 	b.synced = max(b.synced, a.SyncedSeq)
+	if a.UsedBytes >= 0 {
+		b.used, b.usedAt, b.usedOK = a.UsedBytes, a.AppliedSeq, true
+	}
 	if a.Error != "" {
 		if a.Errno == uint32(syscall.ESTALE) {
 			m.fence(fmt.Sprintf("brick %s refused epoch %d: %s", b.id, m.epoch, a.Error))
@@ -697,4 +712,15 @@ func later(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// UsedEstimate is an upper bound of the volume's usage after every op
+// sequenced so far: the primary's last reported usage plus the bytes of
+// the ops sequenced after the seq it reported at (see Head.UsedBytes).
+func (m *Machine) UsedEstimate() (int64, bool) {
+	b := m.bricks[m.primary]
+	if b == nil || !b.usedOK {
+		return 0, false
+	}
+	return b.used + max(m.seqBytes-m.cumAt(b.usedAt), 0), true
 }

@@ -151,7 +151,7 @@ type MemBrick struct {
 func (b *MemBrick) position() Position {
 	p := Position{Applied: b.applied, Synced: b.synced, NeedsFullHeal: b.suspect}
 	if n := len(b.ops); n > 0 && b.ops[n-1].Seq == b.applied {
-		p.AppliedEpoch = b.ops[n-1].Epoch
+		p.AppliedEpoch = OriginEpoch(b.ops[n-1])
 	}
 	return p
 }

@@ -375,7 +375,7 @@ func (s *sim) answerFetch(ok bool) {
 		var size int64
 		for seq := f.AfterSeq + 1; seq <= src.applied && seq <= f.UpTo && size < f.MaxBytes; seq++ {
 			op := proto.Clone(s.seqOps[seq]).(*brickpb.Op)
-			op.Epoch = src.epochOf[seq]
+			op.Epoch, op.OriginEpoch = src.epochOf[seq], src.epochOf[seq]
 			ev.Ops = append(ev.Ops, op)
 			size += opSize(op)
 		}
@@ -440,7 +440,7 @@ func (s *sim) deliver(b *simBrick) {
 			s.flipped[op.Seq] = true
 		}
 		b.applied = op.Seq
-		b.epochOf[op.Seq] = op.Epoch
+		b.epochOf[op.Seq] = OriginEpoch(op)
 		if op.Type == brickpb.OpType_OP_SYNC {
 			b.synced = b.applied
 		}

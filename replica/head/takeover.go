@@ -1,0 +1,166 @@
+package head
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/brickvol/brick/proto/brickpb"
+)
+
+// TakeoverResult is what a new head learnt by taking a volume over.
+type TakeoverResult struct {
+	// StartSeq is the new head's first seq minus one: the longest log of
+	// the in-sync bricks, which every brick in Level now holds.
+	StartSeq uint64
+	// Source is the brick whose log was the longest.
+	Source string
+	// MaxFID is the highest file ID any fenced brick reported.
+	MaxFID uint64
+	// Level are the bricks fenced and levelled: the new ISR.
+	Level []string
+	// Failed are the in-sync bricks that could not be fenced or levelled,
+	// with why: the new head must drop them from the ISR (through Raft,
+	// at its epoch) before its first write; they heal later.
+	Failed map[string]error
+}
+
+// TakeoverTimeout bounds each brick's fencing and levelling.
+const TakeoverTimeout = 5 * time.Second
+
+// Takeover is the first thing a new head does (design.md, "Takeover"):
+// fence every brick of the ISR at the new epoch (from then on each refuses
+// the old head), pick the one with the longest log, and bring the others
+// level with it by replaying its op log through their streams at the new
+// epoch (origin epochs kept). Every op an old head had acknowledged as
+// fsync'd is on every ISR brick, so the longest log holds all of them; ops
+// beyond what every brick holds were never acknowledged as durable, and
+// keeping them is as good as dropping them. It fails only when no ISR
+// brick can be fenced, or one says a newer epoch exists.
+func Takeover(ctx context.Context, tr Transport, epoch uint64, isr []string, log *slog.Logger) (*TakeoverResult, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	type opened struct {
+		id  string
+		s   Stream
+		pos Position
+		err error
+	}
+	res := make([]opened, len(isr))
+	done := make(chan int, len(isr))
+	for i, id := range isr {
+		go func() {
+			octx, cancel := context.WithTimeout(ctx, TakeoverTimeout)
+			defer cancel()
+			s, pos, err := tr.Open(octx, id, epoch)
+			res[i] = opened{id: id, s: s, pos: pos, err: err}
+			done <- i
+		}()
+	}
+	for range isr {
+		<-done
+	}
+	defer func() {
+		for _, o := range res {
+			if o.s != nil {
+				o.s.Close()
+			}
+		}
+	}()
+	out := &TakeoverResult{Failed: map[string]error{}}
+	src := -1
+	for i := range res {
+		if o := &res[i]; o.err == nil && o.pos.NeedsFullHeal != "" {
+			// Not trustworthy beyond its synced seq: never a source, and
+			// out of the ISR until a full resync.
+			o.err = fmt.Errorf("needs a full resync: %s", o.pos.NeedsFullHeal)
+		}
+	}
+	for i, o := range res {
+		if o.err != nil {
+			if errors.Is(o.err, ErrStaleEpoch) {
+				return nil, fmt.Errorf("fencing brick %s at epoch %d: %w", o.id, epoch, o.err)
+			}
+			out.Failed[o.id] = o.err
+			continue
+		}
+		out.MaxFID = max(out.MaxFID, o.pos.MaxFID)
+		if src < 0 || o.pos.Applied > res[src].pos.Applied {
+			src = i
+		}
+	}
+	if src < 0 {
+		return nil, fmt.Errorf("no in-sync brick of %v could be fenced at epoch %d: %w", isr, epoch, errors.Join(mapErrs(out.Failed)...))
+	}
+	out.StartSeq, out.Source = res[src].pos.Applied, res[src].id
+	for i, o := range res {
+		if o.err != nil {
+			continue
+		}
+		if i != src && o.pos.Applied < out.StartSeq {
+			log.Info("levelling a brick from the longest log", "brick", o.id, "from", o.pos.Applied, "to", out.StartSeq, "source", out.Source)
+			lctx, cancel := context.WithTimeout(ctx, 12*TakeoverTimeout)
+			err := level(lctx, tr, epoch, out.Source, o.s, o.pos.Applied, out.StartSeq)
+			cancel()
+			if errors.Is(err, ErrStaleEpoch) {
+				return nil, fmt.Errorf("levelling brick %s at epoch %d: %w", o.id, epoch, err)
+			}
+			if err != nil {
+				log.Warn("levelling failed: the brick leaves the in-sync set and heals later", "brick", o.id, "err", err)
+				out.Failed[o.id] = err
+				continue
+			}
+		}
+		out.Level = append(out.Level, o.id)
+	}
+	return out, nil
+}
+
+// level replays source's ops after from up to to into s (a stream at
+// epoch) and waits until the brick applied them.
+func level(ctx context.Context, tr Transport, epoch uint64, source string, s Stream, from, to uint64) error {
+	last := from
+	err := tr.OpsSince(ctx, source, epoch, from, func(op *brickpb.Op) error {
+		if op.Seq > to {
+			return errStopScan
+		}
+		op.OriginEpoch = OriginEpoch(op)
+		op.Epoch = epoch // a brick takes ops at its stream's epoch only
+		if err := s.Send([]*brickpb.Op{op}); err != nil {
+			return fmt.Errorf("sending op %d: %w", op.Seq, err)
+		}
+		last = op.Seq
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStopScan) {
+		return fmt.Errorf("replaying the op log of %s: %w", source, err)
+	}
+	if last != to {
+		return fmt.Errorf("the op log of %s ended at %d, want %d", source, last, to)
+	}
+	for {
+		ack, err := s.Recv()
+		if ack != nil && ack.AppliedSeq >= to {
+			return nil // applied is enough: the head's next barrier makes it durable
+		}
+		if err != nil {
+			return fmt.Errorf("waiting for the replay to apply: %w", err)
+		}
+		if ack.Error != "" {
+			return fmt.Errorf("the brick refused the replay: %s", ack.Error)
+		}
+	}
+}
+
+var errStopScan = errors.New("stop scan")
+
+func mapErrs(m map[string]error) []error {
+	var out []error
+	for id, err := range m {
+		out = append(out, fmt.Errorf("%s: %w", id, err))
+	}
+	return out
+}
