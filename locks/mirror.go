@@ -1,0 +1,81 @@
+package locks
+
+import (
+	"slices"
+	"sync"
+)
+
+// Mirror is a client's record of the locks its session holds, kept with the
+// same merge and split rules as Table, so that after a failover it can
+// re-assert exactly what the old head had granted. It checks no conflicts:
+// it records what a head decided. Safe for concurrent use.
+type Mirror struct {
+	mu    sync.Mutex
+	files map[uint64]*file
+}
+
+// NewMirror returns an empty mirror.
+func NewMirror() *Mirror { return &Mirror{files: make(map[uint64]*file)} }
+
+// Apply records a granted Set or Wait (an Unlock too). Invalid requests,
+// which a head never grants, are ignored.
+func (m *Mirror) Apply(fid uint64, l Lock) {
+	if l.Validate() != nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f := m.files[fid]
+	if f == nil {
+		if l.Type == Unlock {
+			return
+		}
+		f = &file{}
+		m.files[fid] = f
+	}
+	f.apply(l)
+	if f.empty() {
+		delete(m.files, fid)
+	}
+}
+
+// ReleaseOwner forgets owner's locks of kind on fid, as Table.ReleaseOwner.
+func (m *Mirror) ReleaseOwner(fid uint64, kind Kind, owner Owner) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f := m.files[fid]
+	if f == nil {
+		return
+	}
+	f.release(func(x Lock) bool { return x.Kind == kind && x.Owner == owner })
+	if f.empty() {
+		delete(m.files, fid)
+	}
+}
+
+// All lists the recorded locks in Table.Held's order.
+func (m *Mirror) All() []Held {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Held
+	for fid, f := range m.files {
+		for _, ls := range [][]Lock{f.posix, f.flock} {
+			for _, x := range ls {
+				out = append(out, Held{Fid: fid, Lock: x})
+			}
+		}
+	}
+	slices.SortFunc(out, cmpHeld)
+	return out
+}
+
+// Len reports the number of recorded locks.
+func (m *Mirror) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, f := range m.files {
+		n += len(f.posix) + len(f.flock)
+	}
+	return n
+}
