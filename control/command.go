@@ -73,12 +73,19 @@ type DeleteVolume struct {
 // to a new epoch in place (a new mount process fences a wedged old one of the
 // same host without letting go of the volume). ExpectEpoch, when non-zero,
 // must equal the current epoch (compare-and-set).
+//
+// For a shared volume, TakeHead makes an attached Brick the head at Epoch+1
+// and drops the old head's attachment (its host is gone: the caller checked
+// gossip), and Endpoint, when set, records where Brick's mount process
+// serves the volume to the other mounting hosts (no epoch change).
 type Attach struct {
 	Volume      VolumeID `json:"volume"`
 	Brick       BrickID  `json:"brick"`
 	ExpectEpoch uint64   `json:"expect_epoch,omitempty"`
 	Force       bool     `json:"force,omitempty"`
 	Renew       bool     `json:"renew,omitempty"`
+	TakeHead    bool     `json:"take_head,omitempty"`
+	Endpoint    string   `json:"endpoint,omitempty"`
 }
 
 // Detach removes Brick's attachment. When it was the head of a single

@@ -318,16 +318,35 @@ func (f *FSM) attach(at time.Time, p *Attach) (*Volume, error) {
 	if p.ExpectEpoch != 0 && p.ExpectEpoch != v.Epoch {
 		return nil, fmt.Errorf("%s: %w: expected epoch %d, the volume is at epoch %d", op, ErrStaleEpoch, p.ExpectEpoch, v.Epoch)
 	}
+	if p.TakeHead && v.Access != AccessShared {
+		return nil, fmt.Errorf("%s: %w: take-head is for shared volumes; %q is %s", op, ErrInvalid, v.Name, v.Access)
+	}
 	if i := v.attachment(p.Brick); i >= 0 {
-		if !p.Renew || (v.Head != p.Brick && v.Head != "") {
+		n := v.clone()
+		switch {
+		case p.TakeHead && v.Head != p.Brick:
+			n.Epoch++
+			n.Head = p.Brick
+			n.Attachments[i].Epoch = n.Epoch
+			if j := n.attachment(v.Head); j >= 0 {
+				n.Attachments = slices.Delete(n.Attachments, j, j+1)
+			}
+		case p.Renew && (v.Head == p.Brick || v.Head == ""):
+			n.Epoch++
+			n.Head = p.Brick
+			n.Attachments[i].Epoch = n.Epoch
+		case p.Endpoint != "" && p.Endpoint != v.Attachments[i].Endpoint:
+		default:
 			return v.clone(), nil // already attached: idempotent, the epoch stays
 		}
-		n := v.clone()
-		n.Epoch++
-		n.Head = p.Brick
-		n.Attachments[i].Epoch = n.Epoch
+		if p.Endpoint != "" {
+			n.Attachments[n.attachment(p.Brick)].Endpoint = p.Endpoint
+		}
 		f.state.Volumes[n.ID] = n
 		return n.clone(), nil
+	}
+	if p.TakeHead {
+		return nil, fmt.Errorf("%s: %w: take-head needs the brick attached first", op, ErrNotFound)
 	}
 	n := v.clone()
 	if n.Access == AccessShared {
@@ -335,7 +354,7 @@ func (f *FSM) attach(at time.Time, p *Attach) (*Volume, error) {
 			n.Epoch++
 			n.Head = p.Brick
 		}
-		n.Attachments = append(n.Attachments, Attachment{Brick: p.Brick, Epoch: n.Epoch, Since: at})
+		n.Attachments = append(n.Attachments, Attachment{Brick: p.Brick, Epoch: n.Epoch, Since: at, Endpoint: p.Endpoint})
 	} else {
 		if len(n.Attachments) > 0 && !p.Force {
 			return nil, fmt.Errorf("%s: %w: held by %s; attach with force to take it over", op, ErrAttached, f.brickNames(n.Attachments))

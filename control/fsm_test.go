@@ -417,6 +417,47 @@ func TestAttachShared(t *testing.T) {
 	}
 }
 
+// A shared volume's endpoint is recorded without an epoch change, and an
+// attached host takes the head over from a dead one at the next epoch,
+// conditioned on the epoch it judged.
+func TestAttachTakeHead(t *testing.T) {
+	h := fixture(t)
+	h.ok(attachCmd("v2", "b1", 0, false))
+	h.ok(attachCmd("v2", "b4", 0, false))
+	ep := attachCmd("v2", "b4", 1, false)
+	ep.Attach.Endpoint = "127.0.0.4:4000"
+	v := h.ok(ep)
+	if v.Epoch != 1 || v.Head != "b1" || v.Attachments[1].Endpoint != "127.0.0.4:4000" {
+		t.Fatalf("after endpoint: %+v", v)
+	}
+	take := attachCmd("v2", "b4", 1, false)
+	take.Attach.TakeHead = true
+	v = h.ok(take)
+	if v.Epoch != 2 || v.Head != "b4" || len(v.Attachments) != 1 || v.Attachments[0].Brick != "b4" ||
+		v.Attachments[0].Epoch != 2 || v.Attachments[0].Endpoint != "127.0.0.4:4000" {
+		t.Fatalf("after take-head: %+v", v)
+	}
+	// A second taker that judged epoch 1 loses the race.
+	h.ok(attachCmd("v2", "b5", 0, false))
+	late := attachCmd("v2", "b5", 1, false)
+	late.Attach.TakeHead = true
+	h.refuse(late, ErrStaleEpoch, "expected epoch 1")
+	// Taking the head one already has changes nothing.
+	again := attachCmd("v2", "b4", 2, false)
+	again.Attach.TakeHead = true
+	if v = h.ok(again); v.Epoch != 2 || v.Head != "b4" {
+		t.Fatalf("take-head by the head: %+v", v)
+	}
+	// Not attached, or not shared: refused.
+	un := attachCmd("v2", "b2", 2, false)
+	un.Attach.TakeHead = true
+	h.refuse(un, ErrNotFound, "attached first")
+	h.ok(attachCmd("v1", "b1", 0, false))
+	single := attachCmd("v1", "b1", 0, false)
+	single.Attach.TakeHead = true
+	h.refuse(single, ErrInvalid, "shared")
+}
+
 func TestDetach(t *testing.T) {
 	h := fixture(t)
 	h.refuse(detachCmd("v9", "b1"), ErrNotFound, "v9")

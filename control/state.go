@@ -95,4 +95,7 @@ type Attachment struct {
 	Brick BrickID   `json:"brick"`
 	Epoch uint64    `json:"epoch"`
 	Since time.Time `json:"since"`
+	// Endpoint is where the host's mount process of a shared volume serves
+	// it to the other mounting hosts (host:port); empty until it says.
+	Endpoint string `json:"endpoint,omitempty"`
 }

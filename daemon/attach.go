@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -22,7 +24,15 @@ func (s *controlService) AttachVolume(ctx context.Context, req *brickpb.AttachVo
 		req.Host = s.d.cfg.Name // the host the user asked from, fixed before any forward
 	}
 	return onLeader(ctx, s.d, req, func(ctx context.Context, req *brickpb.AttachVolumeRequest) (*brickpb.VolumeResponse, error) {
-		return s.d.attach(ctx, req.Name, req.Host, req.Force, req.Renew)
+		if req.TakeHead {
+			return s.d.takeHead(ctx, req.Name, req.Host, req.Force, req.ExpectEpoch, req.Endpoint)
+		}
+		if req.Endpoint != "" {
+			if _, _, err := net.SplitHostPort(req.Endpoint); err != nil {
+				return nil, invalid("endpoint %q: %v", req.Endpoint, err)
+			}
+		}
+		return s.d.attach(ctx, req.Name, req.Host, req.Force, req.Renew, req.ExpectEpoch, req.Endpoint)
 	}, func(ctx context.Context, c brickpb.ControlClient, req *brickpb.AttachVolumeRequest) (*brickpb.VolumeResponse, error) {
 		return c.AttachVolume(ctx, req)
 	})
@@ -89,7 +99,7 @@ func volumeByName(st *control.State, name string) (*control.Volume, error) {
 // timeout; otherwise the refusal names the holder and how it is doing.
 // Every takeover is conditioned on the epoch it judged, so two hosts racing
 // for a dead holder's volume cannot both win.
-func (d *Daemon) attach(ctx context.Context, name, host string, force, renew bool) (*brickpb.VolumeResponse, error) {
+func (d *Daemon) attach(ctx context.Context, name, host string, force, renew bool, expect uint64, endpoint string) (*brickpb.VolumeResponse, error) {
 	st := d.node.FSM().State()
 	vol, err := volumeByName(st, name)
 	if err != nil {
@@ -99,7 +109,10 @@ func (d *Daemon) attach(ctx context.Context, name, host string, force, renew boo
 	if err != nil {
 		return nil, err
 	}
-	cmd := &control.Attach{Volume: vol.ID, Brick: bid, Force: force, Renew: renew, ExpectEpoch: vol.Epoch}
+	if expect != 0 && expect != vol.Epoch {
+		return nil, status.Errorf(codes.Aborted, "attach %s to %s: the volume moved on to epoch %d (expected %d)", name, host, vol.Epoch, expect)
+	}
+	cmd := &control.Attach{Volume: vol.ID, Brick: bid, Force: force, Renew: renew, ExpectEpoch: vol.Epoch, Endpoint: endpoint}
 	var takeover string
 	if holders := otherHolders(vol, bid); vol.Access == control.AccessSingle && len(holders) > 0 {
 		dead, why := d.holderGone(holders[0])
@@ -123,6 +136,56 @@ func (d *Daemon) attach(ctx context.Context, name, host string, force, renew boo
 	}
 	d.log.Info("volume attached", "volume", name, "host", host, "epoch", res.Volume.Epoch, "force", force,
 		"renew", renew, "takeover", takeover != "")
+	return &brickpb.VolumeResponse{Volume: d.volumeInfo(d.node.FSM().State(), res.Volume), RaftIndex: res.Index}, nil
+}
+
+// takeHead makes host, attached to a shared volume, its head at a new
+// epoch: allowed when the current head's host has been dead or gone in
+// gossip for the failover timeout (or force), or when there is no head.
+// Conditioned on expect (the epoch the caller saw the dead head at), so of
+// several hosts racing to take over exactly one wins.
+func (d *Daemon) takeHead(ctx context.Context, name, host string, force bool, expect uint64, endpoint string) (*brickpb.VolumeResponse, error) {
+	st := d.node.FSM().State()
+	vol, err := volumeByName(st, name)
+	if err != nil {
+		return nil, err
+	}
+	bid, err := brickByName(st, host)
+	if err != nil {
+		return nil, err
+	}
+	if vol.Access != control.AccessShared {
+		return nil, invalid("volume %s is %s: only a shared volume's head is taken over this way (attach --force takes a single volume)", name, vol.Access)
+	}
+	if expect == 0 {
+		expect = vol.Epoch
+	}
+	if expect != vol.Epoch {
+		return nil, status.Errorf(codes.Aborted, "take over the head of %s: the volume moved on to epoch %d (expected %d)", name, vol.Epoch, expect)
+	}
+	why := "no head"
+	if vol.Head != "" && vol.Head != bid {
+		i := slices.IndexFunc(vol.Attachments, func(a control.Attachment) bool { return a.Brick == vol.Head })
+		var dead bool
+		if i >= 0 {
+			dead, why = d.holderGone(vol.Attachments[i])
+		} else {
+			dead, why = true, "not attached"
+		}
+		if !dead && !force {
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"the head of %s is %s (%s); it is taken over once that host has been dead for the failover timeout (%v)",
+				name, d.nameOf(st, vol.Head), why, d.cfg.FailoverTimeout)
+		}
+		d.log.Warn("taking over the head of a shared volume", "volume", name, "from", d.nameOf(st, vol.Head), "to", host,
+			"old_epoch", vol.Epoch, "reason", why, "force", force)
+	}
+	res, err := d.node.Propose(ctx, control.Command{Type: control.CmdAttach, Attach: &control.Attach{
+		Volume: vol.ID, Brick: bid, ExpectEpoch: expect, TakeHead: true, Endpoint: endpoint}})
+	if err != nil {
+		return nil, fmt.Errorf("taking over the head of %q on %s: %w", name, host, err)
+	}
+	d.log.Info("shared volume head", "volume", name, "head", d.nameOf(d.node.FSM().State(), res.Volume.Head), "epoch", res.Volume.Epoch, "reason", why)
 	return &brickpb.VolumeResponse{Volume: d.volumeInfo(d.node.FSM().State(), res.Volume), RaftIndex: res.Index}, nil
 }
 

@@ -249,6 +249,7 @@ func (d *Daemon) startMountProcess(ctx context.Context, vol *brickpb.Volume, dir
 		fmt.Sprintf("BRICK_REPLICA_TIMEOUT=%s", d.cfg.ReplicaTimeout),
 		"BRICK_MOUNT_STATUS_FILE="+d.statusFile(vol.Name),
 		fmt.Sprintf("BRICK_HEAL_BANDWIDTH=%d", d.cfg.HealBandwidth),
+		fmt.Sprintf("BRICK_MOUNT_FAILOVER_TIMEOUT=%s", d.cfg.FailoverTimeout),
 	)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{pw} // fd 3: "ready" or an error line

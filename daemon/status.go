@@ -142,7 +142,7 @@ func (d *Daemon) volumeInfo(st *control.State, v *control.Volume) *brickpb.Volum
 	}
 	for _, a := range v.Attachments {
 		pv.Attachments = append(pv.Attachments, &brickpb.Attachment{BrickId: string(a.Brick), BrickName: d.nameOf(st, a.Brick),
-			Epoch: a.Epoch, SinceUnixMs: a.Since.UnixMilli()})
+			Epoch: a.Epoch, SinceUnixMs: a.Since.UnixMilli(), Endpoint: a.Endpoint})
 	}
 	switch {
 	case aliveISR == 0:

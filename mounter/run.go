@@ -34,7 +34,11 @@ type Config struct {
 	// HealBandwidth throttles each heal in bytes/s (0 unlimited, <0 the
 	// head's default).
 	HealBandwidth int64
-	Logger        *slog.Logger
+	// FailoverTimeout (shared volumes): how long the head's host must be
+	// dead in gossip before another mounting host takes the head over; the
+	// lease of a host's locks on the head.
+	FailoverTimeout time.Duration
+	Logger          *slog.Logger
 	// Ready receives "ready\n" once the file system is mounted, or the
 	// error that stopped the mount; then it is closed.
 	Ready io.WriteCloser
@@ -69,7 +73,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("reading volume %s from brickd at %s: %w", cfg.Volume, cfg.Daemon, err)
 	}
 	vol := vr.Volume
-	if vol.Epoch != cfg.Epoch || (vol.Access == "single" && vol.Head != cfg.BrickID) {
+	if vol.Access != "shared" && (vol.Epoch != cfg.Epoch || vol.Head != cfg.BrickID) {
 		return fmt.Errorf("volume %s moved on before it could be mounted: epoch %d, head %s (this mount was for epoch %d)",
 			vol.Name, vol.Epoch, vol.HeadName, cfg.Epoch)
 	}
@@ -86,21 +90,99 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}
 
+	if vol.Access == "shared" {
+		return runShared(ctx, cfg, c, ctl, vol, pr.Peers, addrs, others, log, func() {
+			readySent = true
+		})
+	}
+	hr, err := startHead(ctx, cfg, c, vol, addrs, others, log, 0)
+	if err != nil {
+		return err
+	}
+	defer hr.stop()
+	h, be := hr.h, hr.be
+	rctx, stopFollow := context.WithCancel(ctx)
+	defer stopFollow()
+	opts := fuse.DefaultOptions(vol.Name)
+	opts.QuotaBytes = int64(vol.SizeBytes)
+	opts.AllowOther = true
+	opts.Logger = log.With("component", "fuse")
+	srv, err := fuse.Mount(cfg.Dir, be, opts)
+	if err != nil {
+		return fmt.Errorf("mounting %s at %s: %w", vol.Name, cfg.Dir, err)
+	}
+	log.Info("mounted")
+	go followSize(rctx, ctl, c, vol.Name, int64(vol.SizeBytes), srv, log)
+	if cfg.Ready != nil {
+		io.WriteString(cfg.Ready, "ready\n")
+		cfg.Ready.Close()
+		readySent = true
+	}
+
+	serve(srv, cfg.Dir, log)
+	// Whatever the kernel flushed is now submitted; make it durable before
+	// the head goes away.
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	if err := h.Sync(sctx); err != nil && !errors.Is(err, head.ErrClosed) {
+		log.Warn("final sync", "err", err)
+	}
+	return nil
+}
+
+// serve waits for SIGTERM/SIGINT, then unmounts, or for an unmount from
+// outside.
+func serve(srv *fuse.Server, dir string, log *slog.Logger) {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+	served := make(chan struct{})
+	go func() { srv.Wait(); close(served) }()
+	select {
+	case s := <-sig:
+		log.Info("unmounting", "signal", s.String())
+		if err := srv.Unmount(); err != nil {
+			log.Warn("unmount failed; detaching lazily", "err", err)
+			syscall.Unmount(dir, syscall.MNT_DETACH)
+		}
+		<-served
+	case <-served:
+		log.Info("unmounted from outside")
+	}
+}
+
+// headRun is a running head and what runs beside it: the resyncer and the
+// status file writer.
+type headRun struct {
+	h     *head.Head
+	be    *backend
+	epoch uint64
+	stop  func() // stops the helpers and closes the head
+}
+
+// startHead fences every in-sync brick of vol at vol.Epoch, brings them
+// level from the longest log, and starts the head. fidGap is added to the
+// highest file ID found, so IDs a previous head may have handed out but
+// not used yet are never issued again (shared volumes: other hosts reserve
+// IDs in batches).
+func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, addrs map[string]string, others []string, log *slog.Logger, fidGap uint64) (*headRun, error) {
 	// Fence every in-sync brick at our epoch and bring them level from the
 	// longest log before the first op; drop the ones that cannot be.
 	tr := &transport{c: c, volID: vol.Id, addrs: addrs}
 	to, err := head.Takeover(ctx, tr, vol.Epoch, vol.Isr, log)
 	if err != nil {
-		return fmt.Errorf("taking %s over at epoch %d: %w", vol.Name, vol.Epoch, err)
+		return nil, fmt.Errorf("taking %s over at epoch %d: %w", vol.Name, vol.Epoch, err)
 	}
 	isr := to.Level
-	maxFID := max(to.MaxFID, fuse.RootFID) // the root exists in every replica
+	maxFID := max(to.MaxFID, fuse.RootFID) + fidGap // the root exists in every replica
 	if len(to.Failed) > 0 {
 		log.Warn("dropping unreachable or lagging bricks from the in-sync set before the first write", "isr", isr,
 			"failed", fmt.Sprint(to.Failed))
 		k := &control{c: c, daemon: cfg.Daemon, others: others, volID: vol.Id}
-		if _, err := k.SetISR(cctx, vol.Epoch, isr); err != nil {
-			return fmt.Errorf("shrinking the in-sync set of %s: %w", vol.Name, err)
+		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		if _, err := k.SetISR(sctx, vol.Epoch, isr); err != nil {
+			return nil, fmt.Errorf("shrinking the in-sync set of %s: %w", vol.Name, err)
 		}
 	}
 	log.Info("fenced", "isr", isr, "start_seq", to.StartSeq, "max_fid", maxFID, "source", to.Source)
@@ -125,56 +207,15 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	h, err := head.Start(ctx, hc, tr,
 		&control{c: c, daemon: cfg.Daemon, others: others, volID: vol.Id}, head.SystemClock(), hc.Logger)
 	if err != nil {
-		return fmt.Errorf("starting the head of %s: %w", vol.Name, err)
+		return nil, fmt.Errorf("starting the head of %s: %w", vol.Name, err)
 	}
-	defer h.Close()
 	rs := &resyncer{h: h, c: c, volID: vol.Id, addrs: addrs, log: log.With("component", "resync"), rate: hc.HealBytesPerSec}
 	rctx, stopResync := context.WithCancel(ctx)
-	defer stopResync()
 	go rs.run(rctx)
 	if cfg.StatusFile != "" {
 		go writeStatus(rctx, cfg.StatusFile, h, &rs.active)
 	}
 
 	be := &backend{h: h, c: c, volID: vol.Id, addrs: addrs, log: log}
-	opts := fuse.DefaultOptions(vol.Name)
-	opts.QuotaBytes = int64(vol.SizeBytes)
-	opts.AllowOther = true
-	opts.Logger = log.With("component", "fuse")
-	srv, err := fuse.Mount(cfg.Dir, be, opts)
-	if err != nil {
-		return fmt.Errorf("mounting %s at %s: %w", vol.Name, cfg.Dir, err)
-	}
-	log.Info("mounted")
-	go followSize(rctx, ctl, c, vol.Name, int64(vol.SizeBytes), srv, log)
-	if cfg.Ready != nil {
-		io.WriteString(cfg.Ready, "ready\n")
-		cfg.Ready.Close()
-		readySent = true
-	}
-
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sig)
-	served := make(chan struct{})
-	go func() { srv.Wait(); close(served) }()
-	select {
-	case s := <-sig:
-		log.Info("unmounting", "signal", s.String())
-		if err := srv.Unmount(); err != nil {
-			log.Warn("unmount failed; detaching lazily", "err", err)
-			syscall.Unmount(cfg.Dir, syscall.MNT_DETACH)
-		}
-		<-served
-	case <-served:
-		log.Info("unmounted from outside")
-	}
-	// Whatever the kernel flushed is now submitted; make it durable before
-	// the head goes away.
-	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer scancel()
-	if err := h.Sync(sctx); err != nil && !errors.Is(err, head.ErrClosed) {
-		log.Warn("final sync", "err", err)
-	}
-	return nil
+	return &headRun{h: h, be: be, epoch: vol.Epoch, stop: func() { stopResync(); h.Close() }}, nil
 }

@@ -86,6 +86,8 @@ type attachmentJSON struct {
 	BrickName string     `json:"brick_name"`
 	Epoch     uint64     `json:"epoch"`
 	Since     *time.Time `json:"since"`
+	Head      bool       `json:"head"`               // this host is the volume's head
+	Endpoint  string     `json:"endpoint,omitempty"` // shared: where its mount process serves the others
 }
 
 // statusJSON is `brick status --json`.
@@ -196,6 +198,8 @@ func volumeToJSON(v *brickpb.Volume) volumeJSON {
 			BrickName: at.GetBrickName(),
 			Epoch:     at.GetEpoch(),
 			Since:     unixMs(at.GetSinceUnixMs()),
+			Head:      at.GetBrickId() == v.GetHead(),
+			Endpoint:  at.GetEndpoint(),
 		})
 	}
 	return j
@@ -367,7 +371,14 @@ func writeVolumeSummary(w io.Writer, v *brickpb.Volume, now time.Time, loc *time
 		if at.GetSinceUnixMs() != 0 {
 			line += " since " + timestamp(at.GetSinceUnixMs(), now, loc)
 		}
-		fmt.Fprintf(tw, "attached\t%s\n", line)
+		label := "attached"
+		if v.GetAccess() == "shared" {
+			label = "mounted"
+			if at.GetBrickId() == v.GetHead() {
+				line += " (head)"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", label, line)
 	}
 	if labels := v.GetLabels(); len(labels) > 0 {
 		var kv []string

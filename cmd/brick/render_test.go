@@ -223,7 +223,8 @@ const wantGocdJSON = `
       "brick_id": "b-9c07",
       "brick_name": "ci-2",
       "epoch": 7,
-      "since": "2026-11-23T14:02:11Z"
+      "since": "2026-11-23T14:02:11Z",
+      "head": true
     }
   ],
   "state": "degraded",

@@ -27,6 +27,13 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 			return 2
 		}
 	}
+	var failover time.Duration
+	if v := getenv("BRICK_MOUNT_FAILOVER_TIMEOUT"); v != "" {
+		if failover, err = time.ParseDuration(v); err != nil || failover <= 0 {
+			fmt.Fprintf(stderr, "brickd mount-process: BRICK_MOUNT_FAILOVER_TIMEOUT %q: want a positive duration\n", v)
+			return 2
+		}
+	}
 	var healBW int64 = -1 // the head's default
 	if v := getenv("BRICK_HEAL_BANDWIDTH"); v != "" {
 		if healBW, err = strconv.ParseInt(v, 10, 64); err != nil || healBW < 0 {
@@ -44,16 +51,17 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 		return 2
 	}
 	cfg := mounter.Config{
-		Volume:         getenv("BRICK_MOUNT_VOLUME"),
-		Dir:            getenv("BRICK_MOUNT_DIR"),
-		Epoch:          epoch,
-		Daemon:         getenv("BRICK_MOUNT_DAEMON"),
-		BrickID:        getenv("BRICK_MOUNT_BRICK_ID"),
-		Key:            getenv("BRICK_CLUSTER_KEY"),
-		ReplicaTimeout: timeout,
-		StatusFile:     getenv("BRICK_MOUNT_STATUS_FILE"),
-		HealBandwidth:  healBW,
-		Logger:         log.With("mount", getenv("BRICK_MOUNT_VOLUME")),
+		Volume:          getenv("BRICK_MOUNT_VOLUME"),
+		Dir:             getenv("BRICK_MOUNT_DIR"),
+		Epoch:           epoch,
+		FailoverTimeout: failover,
+		Daemon:          getenv("BRICK_MOUNT_DAEMON"),
+		BrickID:         getenv("BRICK_MOUNT_BRICK_ID"),
+		Key:             getenv("BRICK_CLUSTER_KEY"),
+		ReplicaTimeout:  timeout,
+		StatusFile:      getenv("BRICK_MOUNT_STATUS_FILE"),
+		HealBandwidth:   healBW,
+		Logger:          log.With("mount", getenv("BRICK_MOUNT_VOLUME")),
 	}
 	if ready := os.NewFile(3, "ready"); ready != nil {
 		cfg.Ready = ready

@@ -108,7 +108,16 @@ type AttachVolumeRequest struct {
 	Force  bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
 	// renew moves the head to a new epoch even when host already holds the
 	// volume (a new mount process fences an older one of the same host).
-	Renew         bool `protobuf:"varint,5,opt,name=renew,proto3" json:"renew,omitempty"`
+	Renew bool `protobuf:"varint,5,opt,name=renew,proto3" json:"renew,omitempty"`
+	// take_head: for a shared volume host already attached to, become the
+	// head at a new epoch because the current head's host is gone (gossip
+	// dead or left for the failover timeout, or force). Conditioned on
+	// expect_epoch when set.
+	TakeHead bool `protobuf:"varint,6,opt,name=take_head,json=takeHead,proto3" json:"take_head,omitempty"`
+	// endpoint records where host's mount process serves a shared volume to
+	// the other mounting hosts (host:port).
+	Endpoint      string `protobuf:"bytes,7,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	ExpectEpoch   uint64 `protobuf:"varint,8,opt,name=expect_epoch,json=expectEpoch,proto3" json:"expect_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -176,6 +185,27 @@ func (x *AttachVolumeRequest) GetRenew() bool {
 		return x.Renew
 	}
 	return false
+}
+
+func (x *AttachVolumeRequest) GetTakeHead() bool {
+	if x != nil {
+		return x.TakeHead
+	}
+	return false
+}
+
+func (x *AttachVolumeRequest) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *AttachVolumeRequest) GetExpectEpoch() uint64 {
+	if x != nil {
+		return x.ExpectEpoch
+	}
+	return 0
 }
 
 type DetachVolumeRequest struct {
@@ -1751,6 +1781,7 @@ type Attachment struct {
 	BrickName     string                 `protobuf:"bytes,2,opt,name=brick_name,json=brickName,proto3" json:"brick_name,omitempty"`
 	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	SinceUnixMs   int64                  `protobuf:"varint,4,opt,name=since_unix_ms,json=sinceUnixMs,proto3" json:"since_unix_ms,omitempty"`
+	Endpoint      string                 `protobuf:"bytes,5,opt,name=endpoint,proto3" json:"endpoint,omitempty"` // shared volumes: where its mount process serves the others
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1811,6 +1842,13 @@ func (x *Attachment) GetSinceUnixMs() int64 {
 		return x.SinceUnixMs
 	}
 	return 0
+}
+
+func (x *Attachment) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
 }
 
 type ApplyRequest struct {
@@ -2023,13 +2061,16 @@ const file_brick_proto_rawDesc = "" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x1b\n" +
 	"\tsender_id\x18\x02 \x01(\tR\bsenderId\x12)\n" +
 	"\x10protocol_version\x18\x03 \x01(\rR\x0fprotocolVersion\x12\x12\n" +
-	"\x04hops\x18\x04 \x01(\rR\x04hops\"\x93\x01\n" +
+	"\x04hops\x18\x04 \x01(\rR\x04hops\"\xef\x01\n" +
 	"\x13AttachVolumeRequest\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
 	"\x04host\x18\x03 \x01(\tR\x04host\x12\x14\n" +
 	"\x05force\x18\x04 \x01(\bR\x05force\x12\x14\n" +
-	"\x05renew\x18\x05 \x01(\bR\x05renew\"g\n" +
+	"\x05renew\x18\x05 \x01(\bR\x05renew\x12\x1b\n" +
+	"\ttake_head\x18\x06 \x01(\bR\btakeHead\x12\x1a\n" +
+	"\bendpoint\x18\a \x01(\tR\bendpoint\x12!\n" +
+	"\fexpect_epoch\x18\b \x01(\x04R\vexpectEpoch\"g\n" +
 	"\x13DetachVolumeRequest\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -2167,14 +2208,15 @@ const file_brick_proto_rawDesc = "" +
 	"\n" +
 	"brick_name\x18\x02 \x01(\tR\tbrickName\x12\x17\n" +
 	"\ain_sync\x18\x03 \x01(\bR\x06inSync\x12!\n" +
-	"\fgossip_state\x18\x04 \x01(\tR\vgossipState\"\x80\x01\n" +
+	"\fgossip_state\x18\x04 \x01(\tR\vgossipState\"\x9c\x01\n" +
 	"\n" +
 	"Attachment\x12\x19\n" +
 	"\bbrick_id\x18\x01 \x01(\tR\abrickId\x12\x1d\n" +
 	"\n" +
 	"brick_name\x18\x02 \x01(\tR\tbrickName\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\"\n" +
-	"\rsince_unix_ms\x18\x04 \x01(\x03R\vsinceUnixMs\"R\n" +
+	"\rsince_unix_ms\x18\x04 \x01(\x03R\vsinceUnixMs\x12\x1a\n" +
+	"\bendpoint\x18\x05 \x01(\tR\bendpoint\"R\n" +
 	"\fApplyRequest\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\fR\acommand\"%\n" +

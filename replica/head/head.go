@@ -260,6 +260,9 @@ func (h *Head) AfterSeq() uint64 { return h.afterSeq.Load() }
 // NewFID reserves a fresh file ID.
 func (h *Head) NewFID() uint64 { return h.fid.Add(1) }
 
+// NewFIDs reserves n consecutive file IDs and returns the first.
+func (h *Head) NewFIDs(n uint64) uint64 { return h.fid.Add(n) - n + 1 }
+
 // Epoch is the head's epoch.
 func (h *Head) Epoch() uint64 { return h.cfg.Epoch }
 
