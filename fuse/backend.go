@@ -19,7 +19,8 @@ import (
 // What the file system relies on (see also the package doc):
 //   - Every method is safe for concurrent use and never does I/O on the
 //     mount. Calls are not cancelled by the kernel's interrupts: the
-//     backend bounds them with its own timeouts.
+//     backend bounds them with its own timeouts. (Locker.SetLock is the
+//     exception: its ctx ends when the kernel interrupts a lock wait.)
 //   - An error wrapping syscall.EROFS means the volume is read-only.
 //   - A file keeps its file ID for life, and its data stays readable by ID
 //     (Meta GETATTR reports nlink 0) after its last name is gone, until

@@ -24,7 +24,9 @@
 //   - Keep file data or metadata of its own beyond the kernel's caches and a
 //     node's last known attributes and size (for setgid inheritance, quota
 //     growth, and fstat of a directory removed while open), its open-handle
-//     count, and the cached absence of security.capability (see below).
+//     count, the cached absence of security.capability (see below), and,
+//     with a Locker, which lock owners may hold locks through which open
+//     file (to release them at close).
 //   - Do I/O on its own mount (see Deadlocks).
 //
 // # Semantics chosen here
@@ -40,11 +42,13 @@
 //     for the entry or attributes returned to the kernel. UTIME_NOW is
 //     resolved to a concrete time here, so every replica stores the same
 //     value.
-//   - Locks: POSIX (fcntl, including OFD) and BSD (flock) locks are left to
-//     the kernel, which handles them locally when the file system does not
-//     negotiate FUSE_POSIX_LOCKS/FUSE_FLOCK_LOCKS. That is correct for a
-//     volume mounted on one host (access=single); locks are not shared
-//     between hosts of a shared volume.
+//   - Locks: with a Backend that implements Locker (shared volumes), POSIX
+//     (fcntl, including OFD) and BSD (flock) locks are forwarded to it
+//     (FUSE_POSIX_LOCKS, FUSE_FLOCK_LOCKS), so every host sees them; the
+//     releases close(2) implies are sent from FLUSH and RELEASE, which
+//     go-fuse's node API does not report (locks.go). Otherwise they are left
+//     to the kernel, which keeps them on this host: correct for a volume
+//     mounted on one host (access=single).
 //   - Caching: the writeback cache is on (Options.NoWritebackCache turns it
 //     off, as shared volumes must), data pages are kept across opens
 //     (FOPEN_KEEP_CACHE) unless the writeback cache is off, and attributes,
@@ -71,6 +75,8 @@
 //   - Interrupts are not honoured: every backend call runs to completion,
 //     bounded by the backend's own timeouts, because an op that was
 //     submitted may already be applied and must report its real result.
+//     The exception is a lock wait (F_SETLKW, blocking flock): a signal
+//     ends it (the kernel restarts the call when the handler allows).
 //
 // # Quota
 //

@@ -26,6 +26,11 @@ type fileSystem struct {
 	orphanMu sync.Mutex
 	orphans  map[uint64]int
 	forgets  sync.WaitGroup
+
+	// locker is the backend's Locker, if it is one; lockFS then wraps the
+	// go-fuse bridge to release locks at close (locks.go).
+	locker Locker
+	lockFS *lockFS
 }
 
 func newFileSystem(b Backend, opts Options) *fileSystem {
@@ -44,6 +49,9 @@ func newFileSystem(b Backend, opts Options) *fileSystem {
 	f.quota.limit.Store(opts.QuotaBytes)
 	if u, ok := b.(UsageReporter); ok {
 		f.quota.usage = u
+	}
+	if l, ok := b.(Locker); ok {
+		f.locker = l
 	}
 	return f
 }

@@ -165,7 +165,20 @@ func Mount(dir string, b Backend, opts Options) (*Server, error) {
 		fsOpts.MountOptions.ExtraCapabilities = gofuse.CAP_WRITEBACK_CACHE
 		fsOpts.NegativeTimeout = cacheTime(opts.EntryTimeout)
 	}
-	srv, err := fs.Mount(dir, root, fsOpts)
+	// Forward locks to a Locker: the kernel negotiates FUSE_POSIX_LOCKS and
+	// FUSE_FLOCK_LOCKS, and lockFS releases them at close (locks.go).
+	fsOpts.MountOptions.EnableLocks = fsys.locker != nil
+	var raw gofuse.RawFileSystem = fs.NewNodeFS(root, fsOpts)
+	if fsys.locker != nil {
+		fsys.lockFS = newLockFS(raw, fsys, fsys.locker)
+		raw = fsys.lockFS
+	}
+	// What fs.Mount does, with raw possibly wrapped.
+	srv, err := gofuse.NewServer(raw, dir, &fsOpts.MountOptions)
+	if err == nil {
+		go srv.Serve()
+		err = srv.WaitMount()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("mounting volume %s on %s: %w", opts.Volume, dir, err)
 	}
@@ -200,5 +213,10 @@ func (s *Server) Wait() {
 }
 
 func (s *Server) done() {
-	s.finish.Do(func() { s.fsys.reapOrphans(context.Background()) })
+	s.finish.Do(func() {
+		if s.fsys.lockFS != nil {
+			s.fsys.lockFS.stop()
+		}
+		s.fsys.reapOrphans(context.Background())
+	})
 }
