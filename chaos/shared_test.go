@@ -548,11 +548,12 @@ func TestSharedClassicStaleServer(t *testing.T) {
 	expectServing(t, f, "both servers up", 2*time.Second)
 
 	s1.Term()
-	waitISR(t, web, "game", 1, 60*time.Second)
+	// The change drops s1 from the ISR (it cannot acknowledge it).
 	changed := bytes.Repeat([]byte("the new level 3|"), 4000)
 	if err := writeFileSync(filepath.Join(dir, "asset-03.bin"), changed); err != nil {
 		t.Fatal(err)
 	}
+	waitISR(t, web, "game", 1, 60*time.Second)
 	f.mu.Lock()
 	f.files["asset-03.bin"] = sha256.Sum256(changed)
 	f.mu.Unlock()
