@@ -572,10 +572,11 @@ func TestSharedClassicStaleServer(t *testing.T) {
 	}
 	v := volumeOf(t, web, "game")
 	t.Logf("only the stale s1 up: %d fetches failed, none succeeded; last error: %s; volume state: %s", fail, lastErr, v.State)
+	readAt := time.Now()
 	if _, err := os.ReadFile(filepath.Join(dir, "asset-03.bin")); err == nil {
 		t.Fatalf("reading on the mount succeeded with only the stale brick up")
 	} else {
-		t.Logf("read on the mount: %v", err)
+		t.Logf("read on the mount failed after %v: %v", time.Since(readAt).Round(time.Millisecond), err)
 	}
 	out, _, _ := web.CLI("volume", "status", "game")
 	t.Logf("volume status with only the stale s1 up:\n%s", out)

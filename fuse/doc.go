@@ -56,6 +56,12 @@
 //     Options.EntryTimeout (default 1 s; the head is the only writer of a
 //     single-host volume). O_DIRECT opens get FOPEN_DIRECT_IO; other opens
 //     use the page cache, which shared writable mmap needs.
+//   - Appends on several hosts: with Options.AppendAtBackendEOF (shared
+//     volumes) an O_APPEND handle bypasses the page cache and each write
+//     goes to the end of the file as the backend sees it, asked just
+//     before; the kernel's offset, computed from its cached size, is
+//     ignored. Appenders on different hosts that hold a lock around each
+//     write get whole records in lock order, as on NFS.
 //   - Open-unlinked files keep working: the backend keeps a file's data by
 //     ID until it receives OP_FORGET. This package sends it for a
 //     non-directory that lost its last name (unlink, or a rename over it)

@@ -21,6 +21,7 @@ type handle struct {
 	n      *node  // the node whose open count this handle holds
 	flags  uint32 // open(2) flags
 	direct bool   // FOPEN_DIRECT_IO: the kernel bypasses its page cache
+	atEOF  bool   // O_APPEND with Options.AppendAtBackendEOF
 }
 
 var (
@@ -46,6 +47,10 @@ func (n *node) open(flags uint32) (*handle, uint32, syscall.Errno) {
 	}
 	n.opens++
 	h := &handle{n: n, flags: flags, direct: flags&syscall.O_DIRECT != 0}
+	h.atEOF = flags&syscall.O_APPEND != 0 && n.fsys.opts.AppendAtBackendEOF
+	if h.atEOF {
+		h.direct = true // the kernel's cached pages would sit at its idea of the end
+	}
 	var fuseFlags uint32
 	switch {
 	case h.direct:
@@ -94,6 +99,14 @@ func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64
 func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
 	if off < 0 || int64(len(data)) > math.MaxInt64-off {
 		return 0, syscall.EFBIG
+	}
+	if h, ok := f.(*handle); ok && h.atEOF {
+		// Another host may have appended since this kernel last looked.
+		a, errno := n.fsys.getattr(ctx, "write", n.fid())
+		if errno != 0 {
+			return 0, errno
+		}
+		off = a.Size
 	}
 	end := off + int64(len(data))
 	release, errno := n.admitGrowth(ctx, "write", end)

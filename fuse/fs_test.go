@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -661,4 +662,48 @@ func TestCreateRacingCreator(t *testing.T) {
 			f.Close()
 		}
 	})
+}
+
+// Two mounts of one backend stand for two hosts of a shared volume: with
+// AppendAtBackendEOF an O_APPEND write lands at the backend's end of file
+// even when this mount's kernel last saw the file shorter; without it the
+// second host overwrites the first one's record.
+func TestAppendAtBackendEOF(t *testing.T) {
+	requireFUSE(t)
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("on=%v", on), func(t *testing.T) {
+			b := newMemBackend()
+			opts := Options{NoWritebackCache: true, AttrTimeout: time.Hour, AppendAtBackendEOF: on}
+			a, c := t.TempDir(), t.TempDir()
+			mountAt(t, a, b, opts)
+			mountAt(t, c, b, opts)
+			write(t, filepath.Join(a, "log"), "")
+			fa, err := os.OpenFile(filepath.Join(a, "log"), os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fa.Close()
+			fc, err := os.OpenFile(filepath.Join(c, "log"), os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fc.Close()
+			for i := range 3 {
+				if _, err := fa.WriteString(fmt.Sprintf("a%d\n", i)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := fc.WriteString(fmt.Sprintf("c%d\n", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got := read(t, filepath.Join(a, "log"))
+			want := "a0\nc0\na1\nc1\na2\nc2\n"
+			if on && got != want {
+				t.Fatalf("appends from two mounts: %q, want %q", got, want)
+			}
+			if !on && got == want {
+				t.Fatalf("without the option the second mount's kernel appended at the right place too: the test proves nothing")
+			}
+		})
+	}
 }

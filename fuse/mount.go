@@ -39,6 +39,14 @@ type Options struct {
 	// writeback cache the kernel trusts its own file sizes and times and
 	// would not see other hosts' writes.
 	NoWritebackCache bool
+	// AppendAtBackendEOF makes writes on O_APPEND handles land at the end
+	// of the file as the backend sees it (asked before each write), not
+	// where this kernel believes the end is, and opens such handles
+	// without the page cache. A volume mounted on several hosts needs it:
+	// another host may have appended meanwhile. Appends from two hosts are
+	// then whole and in order when the writers hold a lock (flock or
+	// fcntl), as on NFS.
+	AppendAtBackendEOF bool
 	// Logger receives backend failures, panics and (with Debug) go-fuse's
 	// request trace. Nil means slog.Default().
 	Logger *slog.Logger

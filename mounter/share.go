@@ -167,6 +167,7 @@ func runShared(ctx context.Context, cfg Config, c *conns, ctl brickpb.ControlCli
 	// cache, no data kept across opens, attributes always asked for
 	// (close-to-open), names cached briefly.
 	opts.NoWritebackCache = true
+	opts.AppendAtBackendEOF = true
 	opts.AttrTimeout = -1
 	opts.Logger = n.log.With("component", "fuse")
 	fs, err := fuse.Mount(cfg.Dir, n, opts)
@@ -251,13 +252,20 @@ func (n *shareNode) answered(t target) {
 }
 
 // headLost says whether err means the head that was called is no longer
-// (or not yet) the head, so the call should go to whichever is next.
-func headLost(err error) bool {
+// (or not yet) the head, so the call should go to whichever is next. A
+// local head's errors are about bricks (a gRPC code there says nothing
+// about the head) unless the head itself stopped; a remote head answers
+// every failure of the op in-band (ShareError), so a gRPC error from it is
+// about the head.
+func headLost(t target, err error) bool {
 	if err == nil {
 		return false
 	}
 	if errors.Is(err, head.ErrFenced) || errors.Is(err, head.ErrClosed) || errors.Is(err, head.ErrStaleEpoch) {
 		return true
+	}
+	if t.remote == nil {
+		return false
 	}
 	st, ok := status.FromError(err)
 	if !ok {
@@ -291,7 +299,7 @@ func (n *shareNode) call(ctx context.Context, what string, fn func(ctx context.C
 			if ctx.Err() != nil && err != nil {
 				return fmt.Errorf("%s on %s: %w: %w", what, n.name, err, syscall.EINTR)
 			}
-			if !headLost(err) {
+			if !headLost(t, err) {
 				n.answered(t)
 				return err
 			}
@@ -868,7 +876,7 @@ func (s *shareServer) serving(r *brickpb.ShareRef) (target, error) {
 // failure turns a local head's error into the answer: a lost head is "not
 // the head" (the caller moves on), anything else a ShareError.
 func (s *shareServer) failure(err error) (*brickpb.ShareError, error) {
-	if headLost(err) {
+	if headLost(target{}, err) {
 		return nil, status.Errorf(codes.FailedPrecondition, "%s: %s's head stopped: %v", notHead, s.n.host, err)
 	}
 	var en syscall.Errno
@@ -921,7 +929,7 @@ func (s *shareServer) Read(ctx context.Context, req *brickpb.ShareReadRequest) (
 	data, err := t.local.be.Read(ctx, req.Fid, req.Offset, int(req.Size))
 	if err != nil {
 		var en syscall.Errno
-		if errors.As(err, &en) && !headLost(err) && en != syscall.EIO && en != syscall.EROFS {
+		if errors.As(err, &en) && !headLost(target{}, err) && en != syscall.EIO && en != syscall.EROFS {
 			return &brickpb.ShareReadResponse{Errno: uint32(en)}, nil
 		}
 		e, gerr := s.failure(err)
