@@ -154,6 +154,61 @@ func TestSharedTwoWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkRecords(t, b, records)
+
+	// A host that disappears loses its locks: n3 takes an exclusive flock,
+	// its mount process dies, and once its lease runs out n2 gets the lock.
+	d3 := sharedMount(t, ds[2], "web")
+	f3, err := os.Open(filepath.Join(d3, "app.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f3.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatalf("flock on n3: %v", err)
+	}
+	f2, err := os.Open(log[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f2.Close()
+	if err := syscall.Flock(int(f2.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != syscall.EWOULDBLOCK {
+		t.Fatalf("flock on n2 while n3 holds it: %v, want EWOULDBLOCK", err)
+	}
+	ds[2].KillMounts()
+	f3.Close() // the mount is gone: nothing reaches the head
+	killed := time.Now()
+	harness.Eventually(t, 60*time.Second, "n2 gets the lock of the vanished n3", func() (bool, string) {
+		err := syscall.Flock(int(f2.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		return err == nil, fmt.Sprint(err)
+	})
+	t.Logf("n3's mount process died holding an exclusive flock; n2 got the lock %.1fs later (the lease)", time.Since(killed).Seconds())
+	syscall.Flock(int(f2.Fd()), syscall.LOCK_UN)
+
+	// The head unmounts cleanly: the other mounting host becomes head at
+	// the next epoch and carries on without remounting.
+	before := sharedOf(t, ds[1], "web")
+	if _, e, err := ds[0].CLI("--timeout", "60s", "volume", "unmount", dirs[0]); err != nil {
+		t.Fatalf("unmount the head: %v: %s", err, e)
+	}
+	harness.Eventually(t, 30*time.Second, "n2 heads after n1 unmounted", func() (bool, string) {
+		v := sharedOf(t, ds[1], "web")
+		return v.Head == "n2" && v.Epoch > before.Epoch, fmt.Sprintf("head %q epoch %d", v.Head, v.Epoch)
+	})
+	if err := writeFileSync(filepath.Join(dirs[1], "after-handover"), []byte("still here")); err != nil {
+		t.Fatalf("writing on n2 after it became head: %v", err)
+	}
+	if got := read1(t, filepath.Join(dirs[1], "host0-000")); !bytes.Equal(got, sharedContent(0, 0)) {
+		t.Fatalf("n1's file after the handover: %d bytes, not what was written", len(got))
+	}
+	t.Logf("n1 unmounted; n2 became head at epoch %d and carried on", sharedOf(t, ds[1], "web").Epoch)
+}
+
+func read1(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 // writeFileSync writes b to a new file at path and fsyncs it.
