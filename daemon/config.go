@@ -71,6 +71,11 @@ type Config struct {
 	HealBandwidth int64
 	// MountLogLevel is the log level of the mount processes.
 	MountLogLevel string
+	// MountCgroup, when set, is the cgroup (a name under the root of every
+	// hierarchy) each mount process is moved into, so a supervisor that
+	// kills brickd's cgroup (a container restart) leaves mounts alone
+	// (daemon/cgroup.go).
+	MountCgroup string
 
 	// CSIEndpoint is the unix socket (unix:///path or /path) the CSI driver
 	// is served on; empty disables it (daemon/csi.go).
@@ -166,6 +171,9 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			return fmt.Errorf("%s %v: must be positive", name, d)
 		}
+	}
+	if c.MountCgroup != "" && (filepath.IsAbs(c.MountCgroup) || strings.Contains(c.MountCgroup, "..") || strings.ContainsAny(c.MountCgroup, " \t\n\x00")) {
+		return fmt.Errorf("--mount-cgroup %q: want a relative cgroup name such as brick-mounts", c.MountCgroup)
 	}
 	if err := c.validateDocker(); err != nil {
 		return err

@@ -182,6 +182,9 @@ func Start(cfg Config) (d *Daemon, err error) {
 		return nil, err
 	}
 	d.startDockerPlugin()
+	if ownPIDNamespace("/proc") {
+		log.Warn("brickd runs in a PID namespace of its own (a container without the host's PID namespace): its mount processes die when it exits, so restarting this container breaks every mount it serves; run it with --pid=host (Kubernetes: hostPID: true) and --mount-cgroup")
+	}
 	log.Info("brickd started", "brick_id", d.id, "bind", cfg.Bind, "grpc", cfg.addr(cfg.GRPCPort),
 		"gossip", cfg.addr(cfg.GossipPort), "raft", cfg.addr(cfg.RaftPort), "health", cfg.addr(cfg.HealthPort),
 		"socket", cfg.Socket, "data_dir", cfg.DataDir, "peers", strings.Join(cfg.Peers, ","))

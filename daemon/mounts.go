@@ -259,6 +259,14 @@ func (d *Daemon) startMountProcess(ctx context.Context, vol *brickpb.Volume, dir
 		return nil, fmt.Errorf("starting the mount process: %w", err)
 	}
 	pw.Close()
+	if d.cfg.MountCgroup != "" {
+		if err := moveToCgroup("/proc/self/mountinfo", cmd.Process.Pid, d.cfg.MountCgroup); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"mounting %s at %s: --mount-cgroup %s: %v (unset it to keep mount processes in brickd's cgroup)", vol.Name, dir, d.cfg.MountCgroup, err)
+		}
+	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	line := make(chan string, 1)
