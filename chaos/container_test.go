@@ -180,20 +180,7 @@ func TestCSINodePluginContainerRestart(t *testing.T) {
 
 	// The restarted node plugin adopts the mount: it unpublishes and
 	// unstages it cleanly.
-	c = dialCSI(t, n)
-	harness.Eventually(t, 60*time.Second, "the restarted driver answers", func() (bool, string) {
-		_, err := c.NodeGetInfo(callCtx(t), &csi.NodeGetInfoRequest{})
-		return err == nil, fmt.Sprint(err)
-	})
-	if _, err := c.NodeUnpublishVolume(callCtx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: vol.VolumeId, TargetPath: target}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.NodeUnstageVolume(callCtx(t), &csi.NodeUnstageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging}); err != nil {
-		t.Fatal(err)
-	}
-	if isMounted(staging) || isMounted(target) {
-		t.Fatal("still mounted after unpublish and unstage")
-	}
+	unpublishAfterRestart(t, n, vol.VolumeId, staging, target)
 	if processAliveTest(pids[0]) {
 		t.Fatalf("the mount process %d still runs after unstage", pids[0])
 	}

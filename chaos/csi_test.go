@@ -295,15 +295,23 @@ func TestCSINodePluginRestart(t *testing.T) {
 		}
 		t.Logf("target path kept working across a %s restart of brickd", how)
 	}
-	c = dialCSI(t, n)
+	unpublishAfterRestart(t, n, vol.VolumeId, staging, target)
+}
+
+// unpublishAfterRestart waits for a restarted node plugin to answer, then
+// unpublishes and unstages a volume it published before the restart: the
+// proof that the restarted brickd adopted the mount.
+func unpublishAfterRestart(t *testing.T, n *csiNode, volID, staging, target string) {
+	t.Helper()
+	c := dialCSI(t, n)
 	harness.Eventually(t, 60*time.Second, "the restarted driver answers", func() (bool, string) {
 		_, err := c.NodeGetInfo(callCtx(t), &csi.NodeGetInfoRequest{})
 		return err == nil, fmt.Sprint(err)
 	})
-	if _, err := c.NodeUnpublishVolume(callCtx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: vol.VolumeId, TargetPath: target}); err != nil {
+	if _, err := c.NodeUnpublishVolume(callCtx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: volID, TargetPath: target}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.NodeUnstageVolume(callCtx(t), &csi.NodeUnstageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: staging}); err != nil {
+	if _, err := c.NodeUnstageVolume(callCtx(t), &csi.NodeUnstageVolumeRequest{VolumeId: volID, StagingTargetPath: staging}); err != nil {
 		t.Fatal(err)
 	}
 	if isMounted(staging) || isMounted(target) {

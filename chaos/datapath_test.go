@@ -172,10 +172,15 @@ func replicaDir(d *harness.Daemon, volID string) string {
 }
 
 type volInfo struct {
-	ID    string   `json:"id"`
-	ISR   []string `json:"isr"`
-	State string   `json:"state"`
-	Epoch uint64   `json:"epoch"`
+	ID          string   `json:"id"`
+	ISR         []string `json:"isr"`
+	State       string   `json:"state"`
+	Epoch       uint64   `json:"epoch"`
+	Head        string   `json:"head_name"`
+	Attachments []struct {
+		Name     string `json:"brick_name"`
+		Endpoint string `json:"endpoint"`
+	} `json:"attachments"`
 }
 
 // volumeOf inspects a volume; an error (say, during a leader election) is

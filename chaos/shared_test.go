@@ -45,25 +45,6 @@ func sharedMount(t *testing.T, d *harness.Daemon, vol string) string {
 	return dir
 }
 
-type sharedInfo struct {
-	Head        string `json:"head_name"`
-	Epoch       uint64 `json:"epoch"`
-	State       string `json:"state"`
-	Attachments []struct {
-		Name     string `json:"brick_name"`
-		Endpoint string `json:"endpoint"`
-	} `json:"attachments"`
-}
-
-func sharedOf(t *testing.T, d *harness.Daemon, vol string) sharedInfo {
-	t.Helper()
-	var v sharedInfo
-	if err := d.JSON(&v, "volume", "inspect", vol); err != nil {
-		v.State = "error: " + err.Error()
-	}
-	return v
-}
-
 // Issue test 2: two hosts write different files into one shared volume at
 // once and each sees the other's; two hosts append records to one log
 // under flock and none is lost or torn.
@@ -73,7 +54,7 @@ func TestSharedTwoWriters(t *testing.T) {
 	ds := startThree(t, cl)
 	createVolume(t, ds[0], "web", "--replicas", "3", "--access", "shared", "--size", "1G")
 	dirs := []string{sharedMount(t, ds[0], "web"), sharedMount(t, ds[1], "web")}
-	if v := sharedOf(t, ds[2], "web"); v.Head != "n1" || len(v.Attachments) != 2 {
+	if v := volumeOf(t, ds[2], "web"); v.Head != "n1" || len(v.Attachments) != 2 {
 		t.Fatalf("after two mounts: head %q, %d attachments (%+v)", v.Head, len(v.Attachments), v)
 	}
 
@@ -185,12 +166,12 @@ func TestSharedTwoWriters(t *testing.T) {
 
 	// The head unmounts cleanly: the other mounting host becomes head at
 	// the next epoch and carries on without remounting.
-	before := sharedOf(t, ds[1], "web")
+	before := volumeOf(t, ds[1], "web")
 	if _, e, err := ds[0].CLI("--timeout", "60s", "volume", "unmount", dirs[0]); err != nil {
 		t.Fatalf("unmount the head: %v: %s", err, e)
 	}
 	harness.Eventually(t, 30*time.Second, "n2 heads after n1 unmounted", func() (bool, string) {
-		v := sharedOf(t, ds[1], "web")
+		v := volumeOf(t, ds[1], "web")
 		return v.Head == "n2" && v.Epoch > before.Epoch, fmt.Sprintf("head %q epoch %d", v.Head, v.Epoch)
 	})
 	if err := writeFileSync(filepath.Join(dirs[1], "after-handover"), []byte("still here")); err != nil {
@@ -199,7 +180,7 @@ func TestSharedTwoWriters(t *testing.T) {
 	if got := read1(t, filepath.Join(dirs[1], "host0-000")); !bytes.Equal(got, sharedContent(0, 0)) {
 		t.Fatalf("n1's file after the handover: %d bytes, not what was written", len(got))
 	}
-	t.Logf("n1 unmounted; n2 became head at epoch %d and carried on", sharedOf(t, ds[1], "web").Epoch)
+	t.Logf("n1 unmounted; n2 became head at epoch %d and carried on", volumeOf(t, ds[1], "web").Epoch)
 }
 
 func read1(t *testing.T, path string) []byte {
@@ -303,7 +284,7 @@ func TestSharedPosixOnNonHead(t *testing.T) {
 			createVolume(t, ds[0], vol, "--replicas", "2", "--access", "shared", "--size", "2G")
 			sharedMount(t, ds[0], vol) // the head
 			dir := sharedMount(t, ds[1], vol)
-			if v := sharedOf(t, ds[1], vol); v.Head != "n1" {
+			if v := volumeOf(t, ds[1], vol); v.Head != "n1" {
 				t.Fatalf("head %q, want n1", v.Head)
 			}
 			fn(t, dir)
@@ -321,7 +302,7 @@ func TestSharedHeadKill(t *testing.T) {
 	createVolume(t, ds[0], "web", "--replicas", "3", "--access", "shared", "--size", "2G")
 	sharedMount(t, ds[0], "web") // n1: the head
 	dirs := []string{sharedMount(t, ds[1], "web"), sharedMount(t, ds[2], "web")}
-	if v := sharedOf(t, ds[1], "web"); v.Head != "n1" {
+	if v := volumeOf(t, ds[1], "web"); v.Head != "n1" {
 		t.Fatalf("head %q, want n1", v.Head)
 	}
 	type run struct {
@@ -388,7 +369,7 @@ func TestSharedHeadKill(t *testing.T) {
 	t.Logf("killed the head host n1 (brickd and mount process)")
 	var newHead string
 	harness.Eventually(t, 90*time.Second, "another mounting host is head", func() (bool, string) {
-		v := sharedOf(t, ds[1], "web")
+		v := volumeOf(t, ds[1], "web")
 		newHead = v.Head
 		return v.Head == "n2" || v.Head == "n3", fmt.Sprintf("head %q epoch %d %s", v.Head, v.Epoch, v.State)
 	})

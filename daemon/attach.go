@@ -100,12 +100,7 @@ func volumeByName(st *control.State, name string) (*control.Volume, error) {
 // Every takeover is conditioned on the epoch it judged, so two hosts racing
 // for a dead holder's volume cannot both win.
 func (d *Daemon) attach(ctx context.Context, name, host string, force, renew bool, expect uint64, endpoint string) (*brickpb.VolumeResponse, error) {
-	st := d.node.FSM().State()
-	vol, err := volumeByName(st, name)
-	if err != nil {
-		return nil, err
-	}
-	bid, err := brickByName(st, host)
+	st, vol, bid, err := d.volumeAndBrick(name, host)
 	if err != nil {
 		return nil, err
 	}
@@ -145,12 +140,7 @@ func (d *Daemon) attach(ctx context.Context, name, host string, force, renew boo
 // Conditioned on expect (the epoch the caller saw the dead head at), so of
 // several hosts racing to take over exactly one wins.
 func (d *Daemon) takeHead(ctx context.Context, name, host string, force bool, expect uint64, endpoint string) (*brickpb.VolumeResponse, error) {
-	st := d.node.FSM().State()
-	vol, err := volumeByName(st, name)
-	if err != nil {
-		return nil, err
-	}
-	bid, err := brickByName(st, host)
+	st, vol, bid, err := d.volumeAndBrick(name, host)
 	if err != nil {
 		return nil, err
 	}
@@ -187,6 +177,21 @@ func (d *Daemon) takeHead(ctx context.Context, name, host string, force bool, ex
 	}
 	d.log.Info("shared volume head", "volume", name, "head", d.nameOf(d.node.FSM().State(), res.Volume.Head), "epoch", res.Volume.Epoch, "reason", why)
 	return &brickpb.VolumeResponse{Volume: d.volumeInfo(d.node.FSM().State(), res.Volume), RaftIndex: res.Index}, nil
+}
+
+// volumeAndBrick resolves a volume name and a host name in the current
+// catalog.
+func (d *Daemon) volumeAndBrick(name, host string) (*control.State, *control.Volume, control.BrickID, error) {
+	st := d.node.FSM().State()
+	vol, err := volumeByName(st, name)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	bid, err := brickByName(st, host)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return st, vol, bid, nil
 }
 
 // otherHolders are the attachments of vol other than bid's.

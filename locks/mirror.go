@@ -1,7 +1,6 @@
 package locks
 
 import (
-	"slices"
 	"sync"
 )
 
@@ -57,25 +56,12 @@ func (m *Mirror) ReleaseOwner(fid uint64, kind Kind, owner Owner) {
 func (m *Mirror) All() []Held {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []Held
-	for fid, f := range m.files {
-		for _, ls := range [][]Lock{f.posix, f.flock} {
-			for _, x := range ls {
-				out = append(out, Held{Fid: fid, Lock: x})
-			}
-		}
-	}
-	slices.SortFunc(out, cmpHeld)
-	return out
+	return held(m.files, func(Lock) bool { return true })
 }
 
 // Len reports the number of recorded locks.
 func (m *Mirror) Len() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n := 0
-	for _, f := range m.files {
-		n += len(f.posix) + len(f.flock)
-	}
-	return n
+	return count(m.files)
 }

@@ -227,11 +227,16 @@ func (t *Table) ReleaseSession(session string) int {
 func (t *Table) Held(session string) []Held {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return held(t.files, func(l Lock) bool { return l.Owner.Session == session })
+}
+
+// held lists the locks of files that keep passes, sorted (cmpHeld).
+func held(files map[uint64]*file, keep func(Lock) bool) []Held {
 	var out []Held
-	for fid, f := range t.files {
+	for fid, f := range files {
 		for _, ls := range [][]Lock{f.posix, f.flock} {
 			for _, x := range ls {
-				if x.Owner.Session == session {
+				if keep(x) {
 					out = append(out, Held{Fid: fid, Lock: x})
 				}
 			}
@@ -241,13 +246,18 @@ func (t *Table) Held(session string) []Held {
 	return out
 }
 
+// count is the number of locks in files.
+func count(files map[uint64]*file) int {
+	n := 0
+	for _, f := range files {
+		n += len(f.posix) + len(f.flock)
+	}
+	return n
+}
+
 // Len reports the number of held locks (each POSIX range counts once).
 func (t *Table) Len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	n := 0
-	for _, f := range t.files {
-		n += len(f.posix) + len(f.flock)
-	}
-	return n
+	return count(t.files)
 }
