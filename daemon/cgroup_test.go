@@ -79,3 +79,21 @@ func TestMountCgroupFlagValidated(t *testing.T) {
 		t.Errorf("--mount-cgroup brick-mounts: %v", err)
 	}
 }
+
+func TestMountProcsValidated(t *testing.T) {
+	c := DefaultConfig()
+	c.Name, c.Bind, c.DataDir = "n1", "127.0.0.1", t.TempDir()
+	if c.MountProcs != 1 {
+		t.Errorf("default --mount-procs %d, want 1", c.MountProcs)
+	}
+	for _, bad := range []int{-1, 1025} {
+		c.MountProcs = bad
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--mount-procs") {
+			t.Errorf("--mount-procs %d: %v", bad, err)
+		}
+	}
+	c.MountProcs = 0
+	if err := c.Validate(); err != nil {
+		t.Errorf("--mount-procs 0: %v", err)
+	}
+}

@@ -251,6 +251,9 @@ func (d *Daemon) startMountProcess(ctx context.Context, vol *brickpb.Volume, dir
 		fmt.Sprintf("BRICK_HEAL_BANDWIDTH=%d", d.cfg.HealBandwidth),
 		fmt.Sprintf("BRICK_MOUNT_FAILOVER_TIMEOUT=%s", d.cfg.FailoverTimeout),
 	)
+	if d.cfg.MountProcs > 0 {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", d.cfg.MountProcs))
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{pw} // fd 3: "ready" or an error line
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
