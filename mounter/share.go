@@ -145,11 +145,12 @@ func runShared(ctx context.Context, cfg Config, c *conns, ctl brickpb.ControlCli
 	defer srv.Stop()
 
 	lctx, stop := context.WithCancel(ctx)
-	defer stop()
+	// The catalog loop stops first, so it cannot start a head after the
+	// local one is stopped.
+	defer func() { stop(); n.stopLocal() }()
 	go n.loop(lctx)
 	go n.helloLoop(lctx)
 	go n.sweepLoop(lctx)
-	defer n.stopLocal()
 
 	// Mount once the head is known, so the first operations do not wait.
 	wctx, wcancel := context.WithTimeout(ctx, n.stall)
