@@ -27,6 +27,7 @@ const (
 	netSharedHeadKill
 	netSharedClassic
 	netSharedStale
+	netMountProcessDies
 )
 
 // sharedMount mounts vol on d at d's own directory and unmounts it at the
@@ -629,4 +630,56 @@ func TestSharedClassicStaleServer(t *testing.T) {
 	})
 	waitISR(t, web, "game", 2, 90*time.Second)
 	expectServing(t, f, "s2 back, s1 healed", 3*time.Second)
+}
+
+// A mount process that dies while its host's brickd lives (a crash, an
+// OOM kill) does not hold its volume hostage: brickd notices within its
+// reconcile interval, cleans up the mount point and detaches. A shared
+// volume's head passes to another mounting host, which carries on; a
+// single volume can be mounted elsewhere at once, without --force.
+func TestMountProcessDies(t *testing.T) {
+	needFUSE(t)
+	cl := harness.New(t, netMountProcessDies)
+	ds := startThree(t, cl)
+	createVolume(t, ds[0], "web", "--replicas", "2", "--access", "shared", "--size", "1G")
+	createVolume(t, ds[0], "db", "--replicas", "2", "--size", "1G")
+	headDir := sharedMount(t, ds[0], "web")
+	other := sharedMount(t, ds[1], "web")
+	dbDir, err := mountAt(t, ds[0], "db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFileSync(filepath.Join(other, "before"), []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFileSync(filepath.Join(dbDir, "before"), []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	ds[0].KillMounts() // brickd on n1 lives on
+	harness.Eventually(t, 30*time.Second, "n2 heads web", func() (bool, string) {
+		v := volumeOf(t, ds[1], "web")
+		return v.Head == "n2", fmt.Sprintf("head %q epoch %d", v.Head, v.Epoch)
+	})
+	if err := writeFileSync(filepath.Join(other, "after"), []byte("after")); err != nil {
+		t.Fatalf("writing on n2 after n1's mount process died: %v", err)
+	}
+	t.Logf("n1's mount process (web's head) killed; n2 heads web and writes %.1fs later", time.Since(killed).Seconds())
+	harness.Eventually(t, 30*time.Second, "n1's dead mount points are cleaned up", func() (bool, string) {
+		return !isMounted(headDir) && !isMounted(dbDir), fmt.Sprint(isMounted(headDir), isMounted(dbDir))
+	})
+	// db was released too: n2 mounts it without --force, while n1 lives.
+	harness.Eventually(t, 30*time.Second, "db detached from n1", func() (bool, string) {
+		v := volumeOf(t, ds[1], "db")
+		return len(v.Attachments) == 0, fmt.Sprint(v.Attachments)
+	})
+	dir2, err := mountAt(t, ds[1], "db")
+	if err != nil {
+		t.Fatalf("mounting db on n2 after n1's mount process died: %v", err)
+	}
+	if got := read1(t, filepath.Join(dir2, "before")); string(got) != "before" {
+		t.Fatalf("db on n2: %q", got)
+	}
+	t.Logf("db mounted on n2 %.1fs after n1's mount process died, without --force", time.Since(killed).Seconds())
+	ds[1].CLI("--timeout", "60s", "volume", "unmount", dir2)
 }

@@ -174,6 +174,7 @@ func Start(cfg Config) (d *Daemon, err error) {
 	}
 
 	d.cleanupStaleMounts()
+	d.goLoop(d.reapMountsLoop)
 	d.goLoop(d.bootstrapLoop)
 	d.goLoop(d.leaderLoop)
 	d.goLoop(d.reconcileLoop)

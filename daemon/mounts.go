@@ -108,7 +108,8 @@ func unescapeMountinfo(s string) string {
 
 // cleanupStaleMounts lazily unmounts the mount points of mount processes
 // that died, so no stuck "transport endpoint is not connected" directory
-// remains, and forgets their records. Run at daemon start and before a mount.
+// remains, and forgets their records. Run at daemon start, before a mount
+// and every reconcile interval (mountMu held, except at start).
 func (d *Daemon) cleanupStaleMounts() {
 	for _, r := range d.records() {
 		if processAlive(r.PID) {
@@ -124,6 +125,36 @@ func (d *Daemon) cleanupStaleMounts() {
 		os.Remove(d.recordPath(r.Dir))
 		os.Remove(d.statusFile(r.Volume))
 		d.goLoop(func(ctx context.Context) { d.releaseStale(ctx, r) })
+	}
+}
+
+// liveMount reports whether a mount process of volume runs on this host.
+func (d *Daemon) liveMount(volume string) bool {
+	for _, r := range d.records() {
+		if r.Volume == volume && processAlive(r.PID) {
+			return true
+		}
+	}
+	return false
+}
+
+// reapMountsLoop notices, every reconcile interval, a mount process of this
+// host that died while brickd runs (a crash, an OOM kill) and cleans up
+// after it at once: its mount point, and its attachment, so a single
+// volume can be taken over and a shared volume's head passes to another
+// mounting host without waiting for this host to be declared dead.
+func (d *Daemon) reapMountsLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.ReconcileInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.mountMu.Lock()
+		d.cleanupStaleMounts()
+		d.mountMu.Unlock()
 	}
 }
 
@@ -143,8 +174,18 @@ func (d *Daemon) releaseStale(ctx context.Context, r *MountRecord) {
 				return true, nil
 			}
 			i := slices.IndexFunc(v.Attachments, func(a control.Attachment) bool { return a.Brick == d.id })
-			if i < 0 || v.Attachments[i].Epoch != r.Epoch {
+			switch {
+			case i < 0:
 				return true, nil
+			case v.Access == control.AccessShared:
+				// A shared attachment's epoch moves when this host takes
+				// the head over; what matters is whether a mount of it
+				// still runs here.
+				if d.liveMount(r.Volume) {
+					return true, nil
+				}
+			case v.Attachments[i].Epoch != r.Epoch:
+				return true, nil // a newer mount of this host holds it
 			}
 			hdr := d.selfHeader()
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
