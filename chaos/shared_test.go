@@ -28,6 +28,7 @@ const (
 	netSharedClassic
 	netSharedStale
 	netMountProcessDies
+	netSharedHeadFrozen
 )
 
 // sharedMount mounts vol on d at d's own directory and unmounts it at the
@@ -682,4 +683,83 @@ func TestMountProcessDies(t *testing.T) {
 	}
 	t.Logf("db mounted on n2 %.1fs after n1's mount process died, without --force", time.Since(killed).Seconds())
 	ds[1].CLI("--timeout", "60s", "volume", "unmount", dir2)
+}
+
+// The head's host freezes (SIGSTOP of its brickd and mount process: a
+// partition that sends no reset): calls to it hang until the Share
+// connection's keepalive gives up, another mounting host takes the head
+// over once gossip has had the frozen host dead for the failover timeout,
+// and the writer on it carries on. Thawed, the old head finds itself
+// fenced, attaches again as an ordinary host and serves its mount from the
+// new head: a write there is read on another host.
+func TestSharedHeadFrozen(t *testing.T) {
+	needFUSE(t)
+	cl := harness.New(t, netSharedHeadFrozen)
+	ds := startThree(t, cl)
+	createVolume(t, ds[0], "web", "--replicas", "3", "--access", "shared", "--size", "1G")
+	d1 := sharedMount(t, ds[0], "web")
+	d2 := sharedMount(t, ds[1], "web")
+	if v := volumeOf(t, ds[1], "web"); v.Head != "n1" {
+		t.Fatalf("head %q, want n1", v.Head)
+	}
+	l := &ledger{files: map[string][32]byte{}}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var longest time.Duration
+	var n int
+	var werr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		longest, n, werr = writer(t, d2, l, stop)
+	}()
+	time.Sleep(2 * time.Second)
+	frozen := time.Now()
+	ds[0].Stop()
+	ds[0].SignalMounts(syscall.SIGSTOP)
+	t.Logf("froze the head host n1 (brickd and mount process)")
+	harness.Eventually(t, 90*time.Second, "another host heads web", func() (bool, string) {
+		v := volumeOf(t, ds[1], "web")
+		return v.Head == "n2" || v.Head == "n3", fmt.Sprintf("head %q epoch %d", v.Head, v.Epoch)
+	})
+	t.Logf("%s heads web %.1fs after n1 froze", volumeOf(t, ds[1], "web").Head, time.Since(frozen).Seconds())
+	before := func() int { l.mu.Lock(); defer l.mu.Unlock(); return len(l.files) }()
+	harness.Eventually(t, 60*time.Second, "the writer on n2 carries on", func() (bool, string) {
+		l.mu.Lock()
+		k := len(l.files)
+		l.mu.Unlock()
+		if werr != nil {
+			t.Fatalf("writer on n2: %v", werr)
+		}
+		return k >= before+20, fmt.Sprint(k)
+	})
+
+	ds[0].SignalMounts(syscall.SIGCONT)
+	ds[0].Cont()
+	thawed := time.Now()
+	harness.Eventually(t, 60*time.Second, "n1 attached again, not as head", func() (bool, string) {
+		v := volumeOf(t, ds[1], "web")
+		for _, a := range v.Attachments {
+			if a.Name == "n1" {
+				return v.Head != "n1", fmt.Sprintf("head %q", v.Head)
+			}
+		}
+		return false, fmt.Sprintf("attachments %+v", v.Attachments)
+	})
+	harness.Eventually(t, 60*time.Second, "a write on thawed n1 is read on n2", func() (bool, string) {
+		err := writeFileSync(filepath.Join(d1, "from-n1"), []byte("n1 is back"))
+		if err != nil {
+			return false, err.Error()
+		}
+		b, err := os.ReadFile(filepath.Join(d2, "from-n1"))
+		return err == nil && string(b) == "n1 is back", fmt.Sprint(err)
+	})
+	t.Logf("n1 thawed: fenced, attached again and serving its mount through the new head %.1fs later", time.Since(thawed).Seconds())
+	close(stop)
+	wg.Wait()
+	if werr != nil {
+		t.Fatalf("writer on n2: %v", werr)
+	}
+	t.Logf("writer on n2: %d files acknowledged, longest write+fsync %v (the stall)", n, longest.Round(time.Millisecond))
+	checkLedger(t, l, d2, d1)
 }

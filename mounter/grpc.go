@@ -24,14 +24,14 @@ func newConns(key *auth.Key, sender string) *conns {
 	return &conns{key: key, sender: sender, m: map[string]*grpc.ClientConn{}}
 }
 
-func (c *conns) get(addr string) (*grpc.ClientConn, error) {
+func (c *conns) get(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cc, ok := c.m[addr]; ok {
 		return cc, nil
 	}
-	cc, err := c.key.NewClient(addr,
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	cc, err := c.key.NewClient(addr, append([]grpc.DialOption{
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20))}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
 	}

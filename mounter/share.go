@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/brickvol/brick/auth"
@@ -47,6 +48,10 @@ const (
 	shareFIDGap       = 1 << 24
 	shareCallTimeout  = 60 * time.Second
 	shareMaxMsg       = 64 << 20
+	// A head that vanishes without a word (power loss, a partition, a
+	// frozen process) leaves calls to it hanging: pings every
+	// shareKeepalive, unanswered for as long again, fail them.
+	shareKeepalive = 2 * time.Second
 )
 
 // shareNode is one host's side of a shared volume: a fuse.Backend (with
@@ -139,7 +144,8 @@ func runShared(ctx context.Context, cfg Config, c *conns, ctl brickpb.ControlCli
 		return err
 	}
 	al := key.Listen(ln, "share", n.log)
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(shareMaxMsg), grpc.MaxSendMsgSize(shareMaxMsg))
+	srv := grpc.NewServer(grpc.MaxRecvMsgSize(shareMaxMsg), grpc.MaxSendMsgSize(shareMaxMsg),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: shareKeepalive / 2, PermitWithoutStream: true}))
 	brickpb.RegisterShareServer(srv, &shareServer{n: n})
 	go srv.Serve(al)
 	defer srv.Stop()
@@ -678,12 +684,38 @@ func (n *shareNode) reconcile(ctx context.Context) {
 		lost := !n.lostSince.IsZero()
 		switchTo := ep != "" && (n.remoteAddr != ep || n.epoch != vol.Epoch || n.remote == nil)
 		n.mu.Unlock()
-		if switchTo {
+		switch {
+		case switchTo:
 			n.follow(vol, ep)
-		} else if lost || ep == "" {
+		case lost || ep == "":
 			n.takeHead(ctx, vol, fmt.Sprintf("head %s does not answer", vol.HeadName))
+		default:
+			// A call may still be waiting on a head whose host gossip
+			// already gave up on: ask, so the takeover does not wait for
+			// the call to fail.
+			if st := n.gossipState(ctx, vol.Head); st != "" && st != "alive" {
+				n.takeHead(ctx, vol, fmt.Sprintf("head %s is %s in gossip", vol.HeadName, st))
+			}
 		}
 	}
+}
+
+// gossipState is how gossip sees brick's host ("" when nobody answers).
+func (n *shareNode) gossipState(ctx context.Context, brick string) string {
+	var st string
+	n.control(ctx, func(ctx context.Context, c brickpb.ControlClient) error {
+		r, err := c.ListPeers(ctx, &brickpb.ListPeersRequest{Header: n.c.header()})
+		if err != nil {
+			return err
+		}
+		for _, p := range r.Peers {
+			if p.BrickId == brick {
+				st = p.GossipState
+			}
+		}
+		return nil
+	})
+	return st
 }
 
 // becomeHead starts a head at vol.Epoch on this host.
@@ -728,7 +760,7 @@ func (n *shareNode) stopLocal() {
 // follow sends calls to the head at ep from now on.
 func (n *shareNode) follow(vol *brickpb.Volume, ep string) {
 	n.stopLocal()
-	cc, err := n.c.get(ep)
+	cc, err := n.c.get(ep, grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: shareKeepalive, Timeout: shareKeepalive, PermitWithoutStream: true}))
 	if err != nil {
 		n.log.Warn("connecting to the head", "head", vol.HeadName, "endpoint", ep, "err", err)
 		return
