@@ -100,6 +100,11 @@ type ledger struct {
 	mu    sync.Mutex
 	files map[string][32]byte
 	onAdd func(name string, sum [32]byte) // optional
+	// rewriteOnEIO makes writer write a file again when its fsync fails
+	// with EIO (a shared volume's fsync across a head change that may have
+	// lost the write), counting it in eio, instead of stopping.
+	rewriteOnEIO bool
+	eio          int
 }
 
 func (l *ledger) add(name string, sum [32]byte) {
@@ -136,6 +141,13 @@ func writer(t *testing.T, dir string, l *ledger, stop <-chan struct{}) (longest 
 		}
 		if err := f.Sync(); err != nil {
 			f.Close()
+			if l.rewriteOnEIO && errors.Is(err, syscall.EIO) {
+				l.mu.Lock()
+				l.eio++
+				l.mu.Unlock()
+				i-- // not acknowledged: write it again
+				continue
+			}
 			return longest, i, fmt.Errorf("fsync %s: %w", name, err)
 		}
 		f.Close()

@@ -154,10 +154,11 @@ func serve(srv *fuse.Server, dir string, log *slog.Logger) {
 // headRun is a running head and what runs beside it: the resyncer and the
 // status file writer.
 type headRun struct {
-	h     *head.Head
-	be    *backend
-	epoch uint64
-	stop  func() // stops the helpers and closes the head
+	h        *head.Head
+	be       *backend
+	epoch    uint64
+	startSeq uint64 // the seq this head took over at (Takeover.StartSeq)
+	stop     func() // stops the helpers and closes the head
 }
 
 // startHead fences every in-sync brick of vol at vol.Epoch, brings them
@@ -217,5 +218,5 @@ func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, a
 	}
 
 	be := &backend{h: h, c: c, volID: vol.Id, addrs: addrs, log: log}
-	return &headRun{h: h, be: be, epoch: vol.Epoch, stop: func() { stopResync(); h.Close() }}, nil
+	return &headRun{h: h, be: be, epoch: vol.Epoch, startSeq: to.StartSeq, stop: func() { stopResync(); h.Close() }}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -92,6 +93,11 @@ type shareNode struct {
 	fidEnd     uint64
 	fidGen     uint64
 	headSince  time.Time
+	// unsynced is, per head epoch, the highest seq of an op that head
+	// acknowledged to this host since this host's last successful Sync:
+	// a head acknowledges writes before the bricks have them, so a Sync
+	// answered by a later head must say whether they survived the change.
+	unsynced map[uint64]uint64
 }
 
 // target is a snapshot of where calls go.
@@ -380,7 +386,9 @@ func (n *shareNode) NewFID() uint64 {
 
 func (n *shareNode) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error) {
 	var res *brickpb.OpResult
+	var epoch uint64 // of the head that answered
 	err := n.call(ctx, "op "+op.Type.String(), func(ctx context.Context, t target) error {
+		epoch = t.epoch
 		if t.local != nil {
 			var err error
 			res, err = t.local.be.Do(ctx, op)
@@ -393,7 +401,50 @@ func (n *shareNode) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, 
 		res = r.Result
 		return shareErr(t, r.Error)
 	})
+	if err == nil && res != nil {
+		n.acknowledged(epoch, res.Seq)
+	}
 	return res, err
+}
+
+// acknowledged records an op acknowledged by the head at epoch.
+func (n *shareNode) acknowledged(epoch, seq uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.unsynced == nil {
+		n.unsynced = map[uint64]uint64{}
+	}
+	n.unsynced[epoch] = max(n.unsynced[epoch], seq)
+}
+
+// settle is called when a Sync succeeded on a head at epoch, which took
+// over at startSeq, for the acknowledgements in snap (taken when the Sync
+// began). Ops of that epoch are durable now; ops of the epoch before it
+// survived the takeover if they were in the history it took over (seq ≤
+// startSeq); anything else may be lost, and the Sync must fail with EIO,
+// as fsync does after a lost write-back. It forgets what it settled.
+func (n *shareNode) settle(snap map[uint64]uint64, epoch, startSeq uint64) error {
+	var lost []string
+	for e, seq := range snap {
+		switch {
+		case e == epoch:
+		case e+1 == epoch && seq <= startSeq:
+		default:
+			lost = append(lost, fmt.Sprintf("up to op %d of epoch %d", seq, e))
+		}
+	}
+	n.mu.Lock()
+	for e, seq := range snap {
+		if n.unsynced[e] <= seq {
+			delete(n.unsynced, e)
+		}
+	}
+	n.mu.Unlock()
+	if len(lost) > 0 {
+		n.log.Error("writes acknowledged by a head that is gone may be lost: reporting EIO to fsync", "lost", strings.Join(lost, ", "), "epoch", epoch, "start_seq", startSeq)
+		return fmt.Errorf("sync on %s: the head changed before writes it had acknowledged were durable (%s): %w", n.name, strings.Join(lost, ", "), syscall.EIO)
+	}
+	return nil
 }
 
 func (n *shareNode) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brickpb.MetaResponse, error) {
@@ -436,15 +487,24 @@ func (n *shareNode) Read(ctx context.Context, fid uint64, off int64, size int) (
 }
 
 func (n *shareNode) Sync(ctx context.Context) error {
+	n.mu.Lock()
+	snap := maps.Clone(n.unsynced)
+	n.mu.Unlock()
 	return n.call(ctx, "sync", func(ctx context.Context, t target) error {
 		if t.local != nil {
-			return t.local.be.Sync(ctx)
+			if err := t.local.be.Sync(ctx); err != nil {
+				return err
+			}
+			return n.settle(snap, t.epoch, t.local.startSeq)
 		}
 		r, err := t.remote.Sync(ctx, &brickpb.ShareSyncRequest{Ref: n.ref(t)})
 		if err != nil {
 			return err
 		}
-		return shareErr(t, r.Error)
+		if err := shareErr(t, r.Error); err != nil {
+			return err
+		}
+		return n.settle(snap, t.epoch, r.StartSeq)
 	})
 }
 
@@ -980,7 +1040,7 @@ func (s *shareServer) Sync(ctx context.Context, req *brickpb.ShareSyncRequest) (
 		e, gerr := s.failure(err)
 		return &brickpb.ShareSyncResponse{Error: e}, gerr
 	}
-	return &brickpb.ShareSyncResponse{}, nil
+	return &brickpb.ShareSyncResponse{StartSeq: t.local.startSeq}, nil
 }
 
 func (s *shareServer) NewFIDs(ctx context.Context, req *brickpb.NewFIDsRequest) (*brickpb.NewFIDsResponse, error) {

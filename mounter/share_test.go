@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -287,5 +288,43 @@ func TestCallFollowsTheHead(t *testing.T) {
 	cancel()
 	if err := n.Sync(ctx); !errors.Is(err, syscall.EINTR) {
 		t.Fatalf("cancelled while waiting for a head: %v", err)
+	}
+}
+
+// Promise 1 across a head change: a Sync answered by a new head succeeds
+// only for acknowledgements that head's history holds (its own epoch's, or
+// the previous epoch's up to where it took over); anything else may be
+// lost and the Sync says EIO, once.
+func TestSyncAfterHeadChange(t *testing.T) {
+	n := newNode("n2")
+	snap := func() map[uint64]uint64 { n.mu.Lock(); defer n.mu.Unlock(); return maps.Clone(n.unsynced) }
+	n.acknowledged(2, 10)
+	n.acknowledged(2, 7)
+	if err := n.settle(snap(), 3, 12); err != nil {
+		t.Fatalf("ops up to 10 of epoch 2, new head took over at 12: %v", err)
+	}
+	n.acknowledged(3, 20)
+	if err := n.settle(snap(), 3, 12); err != nil {
+		t.Fatalf("ops of the syncing head's own epoch: %v", err)
+	}
+	n.acknowledged(3, 25)
+	if err := n.settle(snap(), 4, 24); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("op 25 of epoch 3, new head took over at 24: %v, want EIO", err)
+	}
+	if err := n.settle(snap(), 4, 24); err != nil {
+		t.Fatalf("the loss is reported once: %v", err)
+	}
+	n.acknowledged(4, 30)
+	if err := n.settle(snap(), 6, 100); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("an epoch skipped in between: %v, want EIO", err)
+	}
+	// An acknowledgement that arrives while a Sync runs is not settled by it.
+	s := snap()
+	n.acknowledged(6, 101)
+	if err := n.settle(s, 6, 100); err != nil {
+		t.Fatal(err)
+	}
+	if got := snap()[6]; got != 101 {
+		t.Fatalf("unsynced after a concurrent acknowledgement: %d, want 101", got)
 	}
 }

@@ -569,8 +569,12 @@ func (x *ShareSyncRequest) GetRef() *ShareRef {
 }
 
 type ShareSyncResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Error         *ShareError            `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Error *ShareError            `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	// start_seq is the sequence number this head took over at: ops of the
+	// previous epoch up to it are in its history, later ones were lost with
+	// the previous head.
+	StartSeq      uint64 `protobuf:"varint,2,opt,name=start_seq,json=startSeq,proto3" json:"start_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -610,6 +614,13 @@ func (x *ShareSyncResponse) GetError() *ShareError {
 		return x.Error
 	}
 	return nil
+}
+
+func (x *ShareSyncResponse) GetStartSeq() uint64 {
+	if x != nil {
+		return x.StartSeq
+	}
+	return 0
 }
 
 type NewFIDsRequest struct {
@@ -1129,9 +1140,10 @@ const file_share_proto_rawDesc = "" +
 	"\x05errno\x18\x02 \x01(\rR\x05errno\x12*\n" +
 	"\x05error\x18\x03 \x01(\v2\x14.brick.v1.ShareErrorR\x05error\"8\n" +
 	"\x10ShareSyncRequest\x12$\n" +
-	"\x03ref\x18\x01 \x01(\v2\x12.brick.v1.ShareRefR\x03ref\"?\n" +
+	"\x03ref\x18\x01 \x01(\v2\x12.brick.v1.ShareRefR\x03ref\"\\\n" +
 	"\x11ShareSyncResponse\x12*\n" +
-	"\x05error\x18\x01 \x01(\v2\x14.brick.v1.ShareErrorR\x05error\"L\n" +
+	"\x05error\x18\x01 \x01(\v2\x14.brick.v1.ShareErrorR\x05error\x12\x1b\n" +
+	"\tstart_seq\x18\x02 \x01(\x04R\bstartSeq\"L\n" +
 	"\x0eNewFIDsRequest\x12$\n" +
 	"\x03ref\x18\x01 \x01(\v2\x12.brick.v1.ShareRefR\x03ref\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\rR\x05count\"=\n" +
