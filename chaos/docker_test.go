@@ -455,7 +455,8 @@ func (r *dockerRig) progresses(container string, more int, bound time.Duration) 
 	harness.Eventually(r.t, bound, container+" writes on", func() (bool, string) {
 		ok, failed := r.acked(container)
 		if len(failed) > 0 {
-			r.t.Fatalf("%s: writes failed: %v", container, failed)
+			out, errOut, _ := r.docker("logs", "--tail", "40", container)
+			r.t.Fatalf("%s: writes failed: %v\n==== its last output ====\n%s%s", container, failed, out, errOut)
 		}
 		return len(ok) >= len(before)+more, fmt.Sprint(len(ok), " acknowledged")
 	})
