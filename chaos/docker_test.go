@@ -448,6 +448,13 @@ func (r *dockerRig) acked(container string) (ok []int, failed []int) {
 	return ok, failed
 }
 
+// lastOutput is a container's last 40 lines of stdout and stderr, for a
+// failure message: the shell names the step and the errno that failed.
+func (r *dockerRig) lastOutput(container string) string {
+	out, errOut, _ := r.docker("logs", "--tail", "40", container)
+	return "\n==== " + container + "'s last output ====\n" + out + errOut
+}
+
 // progresses waits until container has acknowledged more than it had.
 func (r *dockerRig) progresses(container string, more int, bound time.Duration) {
 	r.t.Helper()
@@ -455,8 +462,7 @@ func (r *dockerRig) progresses(container string, more int, bound time.Duration) 
 	harness.Eventually(r.t, bound, container+" writes on", func() (bool, string) {
 		ok, failed := r.acked(container)
 		if len(failed) > 0 {
-			out, errOut, _ := r.docker("logs", "--tail", "40", container)
-			r.t.Fatalf("%s: writes failed: %v\n==== its last output ====\n%s%s", container, failed, out, errOut)
+			r.t.Fatalf("%s: writes failed: %v%s", container, failed, r.lastOutput(container))
 		}
 		return len(ok) >= len(before)+more, fmt.Sprint(len(ok), " acknowledged")
 	})
@@ -726,7 +732,7 @@ func TestDockerDaemonRestart(t *testing.T) {
 	dockerWaitDetached(t, n1, vol)
 	okW, failed := r.acked(w)
 	if len(failed) > 0 {
-		t.Errorf("writes failed across the restarts: %v", failed)
+		t.Errorf("writes failed across the restarts: %v%s", failed, r.lastOutput(w))
 	}
 	dockerCheckAcked(t, r, vol, map[string][]int{"w": okW})
 }
