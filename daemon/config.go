@@ -77,6 +77,10 @@ type Config struct {
 	// wake-ups, which measured faster on every workload
 	// (docs/benchmarks.md).
 	MountProcs int
+	// NameCache is how many names each mount process's head keeps to
+	// answer lookups of names that cannot exist without asking a brick
+	// (package namecache); 0 turns it off.
+	NameCache int
 	// MountCgroup, when set, is the cgroup (a name under the root of every
 	// hierarchy) each mount process is moved into, so a supervisor that
 	// kills brickd's cgroup (a container restart) leaves mounts alone
@@ -126,6 +130,7 @@ func DefaultConfig() Config {
 		HealBandwidth:     64 << 20,
 		MountLogLevel:     "info",
 		MountProcs:        1,
+		NameCache:         1 << 18,
 		CSIKubeletDir:     "/var/lib/kubelet",
 		DockerSocket:      "/run/docker/plugins/brick.sock",
 		DockerTimeout:     docker.DefaultTimeout,
@@ -178,6 +183,9 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			return fmt.Errorf("%s %v: must be positive", name, d)
 		}
+	}
+	if c.NameCache < 0 || c.NameCache > 1<<26 {
+		return fmt.Errorf("--name-cache %d: want 0 (off) to %d names", c.NameCache, 1<<26)
 	}
 	if c.MountProcs < 0 || c.MountProcs > 1024 {
 		return fmt.Errorf("--mount-procs %d: want 0 (one per CPU) to 1024", c.MountProcs)

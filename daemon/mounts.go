@@ -291,6 +291,7 @@ func (d *Daemon) startMountProcess(ctx context.Context, vol *brickpb.Volume, dir
 		"BRICK_MOUNT_STATUS_FILE="+d.statusFile(vol.Name),
 		fmt.Sprintf("BRICK_HEAL_BANDWIDTH=%d", d.cfg.HealBandwidth),
 		fmt.Sprintf("BRICK_MOUNT_FAILOVER_TIMEOUT=%s", d.cfg.FailoverTimeout),
+		fmt.Sprintf("BRICK_MOUNT_NAME_CACHE=%d", d.cfg.NameCache),
 	)
 	if d.cfg.MountProcs > 0 {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", d.cfg.MountProcs))

@@ -236,7 +236,17 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
-	h, fuseFlags, errno := ch.Operations().(*node).open(flags)
+	cn := ch.Operations().(*node)
+	if !n.fsys.opts.NoWritebackCache {
+		// A file this op just created has no xattrs: spare the first
+		// write(2) its security.capability round trip.
+		cn.mu.Lock()
+		if cn.capsGen == 0 {
+			cn.noCaps = true
+		}
+		cn.mu.Unlock()
+	}
+	h, fuseFlags, errno := cn.open(flags)
 	return ch, h, fuseFlags, errno
 }
 

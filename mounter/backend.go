@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/brickvol/brick/namecache"
 	"github.com/brickvol/brick/proto/brickpb"
 	"github.com/brickvol/brick/replica/head"
 )
@@ -16,19 +18,25 @@ import (
 // backend serves the file system: mutations through the head, reads from
 // the primary brick (falling back to the other in-sync bricks), each read
 // tagged with the last submitted sequence number so it sees every write
-// before it.
+// before it. Lookups of names that cannot exist are answered by the head's
+// name cache while the head holds its epoch (names, lease).
 type backend struct {
 	h     *head.Head
 	c     *conns
 	volID string
 	addrs map[string]string
 	log   *slog.Logger
+	names *namecache.Cache
+	lease time.Duration
 }
 
 func (b *backend) NewFID() uint64 { return b.h.NewFID() }
 
 func (b *backend) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error) {
-	return b.h.Do(ctx, op)
+	done := b.names.Begin(op)
+	res, err := b.h.Do(ctx, op)
+	done(res, err)
+	return res, err
 }
 
 func (b *backend) Sync(ctx context.Context) error { return b.h.Sync(ctx) }
@@ -67,6 +75,23 @@ func (b *backend) readers() []string {
 }
 
 func (b *backend) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brickpb.MetaResponse, error) {
+	var listing namecache.Listing
+	switch req.Kind {
+	case brickpb.MetaKind_META_LOOKUP:
+		if b.h.HeldWithin(b.lease) && b.names.Absent(req.Parent, req.Name) {
+			return &brickpb.MetaResponse{Errno: uint32(syscall.ENOENT)}, nil
+		}
+	case brickpb.MetaKind_META_READDIR:
+		listing = b.names.StartListing() // before AfterSeq is read
+	}
+	resp, err := b.meta(ctx, req)
+	if err == nil && req.Kind == brickpb.MetaKind_META_READDIR && resp.Errno == 0 {
+		b.names.Listed(listing, req.Fid, resp.Entries)
+	}
+	return resp, err
+}
+
+func (b *backend) meta(ctx context.Context, req *brickpb.MetaRequest) (*brickpb.MetaResponse, error) {
 	req.Ref, req.AfterSeq = b.ref(), b.h.AfterSeq()
 	var lastErr error
 	for _, id := range b.readers() {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/brickvol/brick/auth"
 	"github.com/brickvol/brick/fuse"
+	"github.com/brickvol/brick/namecache"
 	"github.com/brickvol/brick/proto/brickpb"
 	"github.com/brickvol/brick/replica/head"
 )
@@ -38,7 +39,11 @@ type Config struct {
 	// dead in gossip before another mounting host takes the head over; the
 	// lease of a host's locks on the head.
 	FailoverTimeout time.Duration
-	Logger          *slog.Logger
+	// NameCache is how many names the head's name cache holds (package
+	// namecache); 0 turns it off. It answers lookups only for a tenth of
+	// FailoverTimeout after a brick last acknowledged this head's epoch.
+	NameCache int
+	Logger    *slog.Logger
 	// Ready receives "ready\n" once the file system is mounted, or the
 	// error that stopped the mount; then it is closed.
 	Ready io.WriteCloser
@@ -217,6 +222,25 @@ func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, a
 		go writeStatus(rctx, cfg.StatusFile, h, &rs.active)
 	}
 
-	be := &backend{h: h, c: c, volID: vol.Id, addrs: addrs, log: log}
-	return &headRun{h: h, be: be, epoch: vol.Epoch, startSeq: to.StartSeq, stop: func() { stopResync(); h.Close() }}, nil
+	be := &backend{h: h, c: c, volID: vol.Id, addrs: addrs, log: log,
+		names: namecache.New(cfg.NameCache), lease: nameCacheLease(cfg.FailoverTimeout)}
+	stop := func() {
+		stopResync()
+		h.Close()
+		hits, misses, names := be.names.Stats()
+		log.Info("name cache", "lookups_answered", hits, "lookups_passed_on", misses, "names", names)
+	}
+	return &headRun{h: h, be: be, epoch: vol.Epoch, startSeq: to.StartSeq, stop: stop}, nil
+}
+
+// nameCacheLease is how long after a brick last acknowledged this head's
+// epoch the name cache may answer: a tenth of the failover timeout, the
+// least time in which another host can take the volume over (without
+// --force), so a deposed head stops answering long before a new head can
+// have created a name.
+func nameCacheLease(failover time.Duration) time.Duration {
+	if failover <= 0 {
+		failover = 10 * time.Second
+	}
+	return failover / 10
 }

@@ -34,6 +34,13 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 			return 2
 		}
 	}
+	nameCache := 0
+	if v := getenv("BRICK_MOUNT_NAME_CACHE"); v != "" {
+		if nameCache, err = strconv.Atoi(v); err != nil || nameCache < 0 {
+			fmt.Fprintf(stderr, "brickd mount-process: BRICK_MOUNT_NAME_CACHE %q: want a number of names\n", v)
+			return 2
+		}
+	}
 	var healBW int64 = -1 // the head's default
 	if v := getenv("BRICK_HEAL_BANDWIDTH"); v != "" {
 		if healBW, err = strconv.ParseInt(v, 10, 64); err != nil || healBW < 0 {
@@ -55,6 +62,7 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 		Dir:             getenv("BRICK_MOUNT_DIR"),
 		Epoch:           epoch,
 		FailoverTimeout: failover,
+		NameCache:       nameCache,
 		Daemon:          getenv("BRICK_MOUNT_DAEMON"),
 		BrickID:         getenv("BRICK_MOUNT_BRICK_ID"),
 		Key:             getenv("BRICK_CLUSTER_KEY"),

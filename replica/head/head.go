@@ -101,6 +101,9 @@ type Head struct {
 	fid        atomic.Uint64
 	used       atomic.Int64  // UsedBytes; -1 until known
 	usedKnown  chan struct{} // closed once used is known
+	born       time.Time     // clk.Now() at Start
+	ackAt      atomic.Int64  // Machine.LastAck as nanoseconds since born; -1 before any
+	refused    atomic.Bool   // Machine.Refused
 
 	mu      sync.Mutex
 	primary string
@@ -186,6 +189,8 @@ func Start(ctx context.Context, cfg Config, tr Transport, ctl Control, clk Clock
 	h.ctx, h.cancel = context.WithCancel(ctx)
 	h.afterSeq.Store(cfg.StartSeq)
 	h.used.Store(-1)
+	h.born = clk.Now()
+	h.ackAt.Store(-1)
 	h.usedKnown = make(chan struct{})
 	h.fid.Store(cfg.MaxFID)
 	go h.run()
@@ -256,6 +261,24 @@ func (h *Head) call(ctx context.Context, mk func(w uint64) Event) completion {
 // AfterSeq is the seq a read must wait for to see every op submitted so far
 // (the last sequenced op).
 func (h *Head) AfterSeq() uint64 { return h.afterSeq.Load() }
+
+// HeldWithin reports whether, as far as the head can tell, it still held
+// its epoch within the last d: it is neither fenced nor stopped, and an ISR
+// brick acknowledged applying an op this head sequenced less than d ago (a
+// fenced brick refuses the stream, so the ack proves the epoch was current
+// after the op was sequenced).
+// What only the head knows (mounter's name cache) is trusted while this
+// holds; another head needs the failover timeout to take over, so with d
+// well under it a deposed head stops trusting itself first. The monotonic
+// clock keeps running while the process is stopped (SIGSTOP), so a thawed
+// head does not hold.
+func (h *Head) HeldWithin(d time.Duration) bool {
+	if h.refused.Load() {
+		return false
+	}
+	at := h.ackAt.Load()
+	return at >= 0 && h.clk.Now().Sub(h.born)-time.Duration(at) < d
+}
 
 // NewFID reserves a fresh file ID.
 func (h *Head) NewFID() uint64 { return h.fid.Add(1) }
@@ -425,6 +448,10 @@ func (h *Head) step(ev Event) {
 			close(h.usedKnown)
 		}
 	}
+	if t := h.m.LastAck(); !t.IsZero() {
+		h.ackAt.Store(int64(t.Sub(h.born)))
+	}
+	h.refused.Store(h.m.Refused())
 	if p := h.m.Primary(); p != h.primary { // h.primary is written only here
 		h.mu.Lock()
 		h.primary = p

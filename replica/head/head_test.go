@@ -551,3 +551,33 @@ func TestCloseFailsWaiters(t *testing.T) {
 		t.Fatalf("do after close: %v", err)
 	}
 }
+
+func TestHeldWithinFollowsAcksOfThisEpoch(t *testing.T) {
+	r := newRig(t, nil)
+	if r.h.HeldWithin(time.Second) {
+		t.Fatal("held before any brick applied an op of this epoch")
+	}
+	r.do(mkdir("x"))
+	r.waitAcked(r.h.AfterSeq(), false, "a")
+	if !r.h.HeldWithin(time.Second) {
+		t.Fatal("not held right after the primary applied an op")
+	}
+	// Acks only prove the epoch as of the op they acknowledge: time
+	// passing without new ops (or a SIGSTOP) ends the hold.
+	r.clk.Advance(2 * time.Second)
+	if r.h.HeldWithin(time.Second) {
+		t.Fatal("still held 2 s after the newest acknowledged op, lease 1 s")
+	}
+	r.do(write(1))
+	r.waitAcked(r.h.AfterSeq(), false, "a", "b", "c")
+	if !r.h.HeldWithin(time.Second) {
+		t.Fatal("not held after a fresh op was applied")
+	}
+	r.net.Brick("b").Fence(2)
+	if err := r.h.Sync(context.Background()); !errors.Is(err, ErrFenced) {
+		t.Fatalf("sync after the fence: %v", err)
+	}
+	if r.h.HeldWithin(time.Hour) {
+		t.Fatal("a fenced head still holds its epoch")
+	}
+}

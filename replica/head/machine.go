@@ -49,6 +49,7 @@ type Machine struct {
 	leaving   []string          // ISR bricks the head wants out (this step)
 	leaveWhy  map[string]string // and why
 	readOnly  string            // why; "" when writable
+	lastAck   time.Time         // sequencing time of the newest op an ISR brick acknowledged applying
 	fenced    *FencedError
 	stopped   error
 
@@ -217,6 +218,15 @@ func (m *Machine) LastSeq() uint64 { return m.lastSeq }
 
 // Primary is the brick whose results answer metadata ops ("" if none).
 func (m *Machine) Primary() string { return m.primary }
+
+// LastAck is when (to the tick) the newest op an ISR brick acknowledged
+// applying was sequenced: the brick was at this epoch after then. Zero if
+// none has.
+func (m *Machine) LastAck() time.Time { return m.lastAck }
+
+// Refused is whether the machine takes no more ops at all (fenced or
+// stopped).
+func (m *Machine) Refused() bool { return m.refusal() != nil }
 
 // Epoch is the machine's epoch.
 func (m *Machine) Epoch() uint64 { return m.epoch }
@@ -469,6 +479,14 @@ func (m *Machine) ack(e Ack) {
 	if a.AppliedSeq < b.applied || a.AppliedSeq > b.sent || a.SyncedSeq > a.AppliedSeq {
 		m.breakStream(b, fmt.Sprintf("protocol: ack applied %d synced %d outside what was sent (%d..%d)", a.AppliedSeq, a.SyncedSeq, b.applied, b.sent))
 		return
+	}
+	if a.AppliedSeq > b.applied {
+		// The brick applied an op sequenced at e.at, so it was at this
+		// epoch after e.at: a proof dated by the op, not by when the ack
+		// was read (acks queued before a SIGSTOP prove nothing new).
+		if e := m.entry(a.AppliedSeq); e != nil {
+			m.lastAck = later(m.lastAck, e.at)
+		}
 	}
 	for _, r := range a.Results {
 		if r != nil {
