@@ -445,7 +445,16 @@ func (b *orphanBackend) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResu
 		b.forgotten = append(b.forgotten, op.Fid)
 		b.mu.Unlock()
 	}
-	return b.Backend.Do(ctx, op)
+	// An unlink may forget the file with its last name (UnlinkForget).
+	withForget := op.Type == brickpb.OpType_OP_UNLINK && op.Flags&brickpb.UnlinkForget != 0
+	fid := op.Fid
+	res, err := b.Backend.Do(ctx, op)
+	if withForget && err == nil && res.GetErrno() == 0 && res.GetAttr().GetFid() == fid && res.GetAttr().GetNlink() == 0 {
+		b.mu.Lock()
+		b.forgotten = append(b.forgotten, fid)
+		b.mu.Unlock()
+	}
+	return res, err
 }
 
 func TestOpenUnlinkedFile(t *testing.T) {

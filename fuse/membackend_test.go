@@ -239,6 +239,10 @@ func (m *memBackend) apply(op *brickpb.Op) (*memFile, syscall.Errno) {
 		}
 		m.drop(d, op.Name, f)
 		m.touch(d)
+		if op.Type == brickpb.OpType_OP_UNLINK && op.Flags&brickpb.UnlinkForget != 0 && fid == op.Fid && f.attr.Nlink == 0 {
+			delete(m.files, fid) // forgotten with its last name, as a brick does
+			return f, 0
+		}
 		return nil, 0
 	case brickpb.OpType_OP_RENAME:
 		return nil, m.rename(op)

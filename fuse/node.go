@@ -381,14 +381,23 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 }
 
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
-	res, errno := n.fsys.do(ctx, "unlink", &brickpb.Op{Type: brickpb.OpType_OP_UNLINK, Parent: n.fid(), Name: name})
-	if errno != 0 {
-		return errno
-	}
+	op := &brickpb.Op{Type: brickpb.OpType_OP_UNLINK, Parent: n.fid(), Name: name}
 	// The kernel looked the name up before unlinking it, so the tree
 	// knows the child (go-fuse removes it after this returns).
-	if ch, ok := n.childNode(name); ok {
-		ch.lostName(ctx, res)
+	ch, known := n.childNode(name)
+	forget := known && ch.forgetWithUnlink()
+	if forget {
+		op.Flags, op.Fid = brickpb.UnlinkForget, ch.fid()
+	}
+	res, errno := n.fsys.do(ctx, "unlink", op)
+	if errno != 0 {
+		if forget {
+			ch.keepAfterAll()
+		}
+		return errno
+	}
+	if known {
+		ch.lostName(ctx, res, forget)
 	}
 	return 0
 }
@@ -408,7 +417,7 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return errno
 	}
 	if ch, ok := n.childNode(name); ok {
-		ch.lostName(ctx, res)
+		ch.lostName(ctx, res, false)
 	}
 	return 0
 }
@@ -440,7 +449,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		return errno
 	}
 	if replaces && flags&renameExchange == 0 {
-		victim.lostName(ctx, nil)
+		victim.lostName(ctx, nil, false)
 	}
 	return 0
 }

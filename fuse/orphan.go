@@ -16,6 +16,9 @@ import (
 // over it) once the backend reports nlink 0 and nothing can reach the file
 // any more:
 //
+//   - with the unlink itself (brickpb.UnlinkForget) when it removes the
+//     last name and no handle is open, on a volume only this host writes:
+//     one replicated op instead of two;
 //   - at once, from the unlink or rename, when no handle is open on it: the
 //     space is free when unlink(2) returns, as on a local disk, provided
 //     the kernel's RELEASE of the last descriptor (sent asynchronously
@@ -33,14 +36,52 @@ import (
 
 var _ fs.NodeOnForgetter = (*node)(nil)
 
+// forgetWithUnlink decides, before an unlink of one of n's names, whether
+// the unlink should forget the file too (brickpb.UnlinkForget): only on a
+// volume this host alone writes (the writeback cache is on), where n's
+// link count is exact, when that name is n's only one and no handle is
+// open. n is then marked gone at once, so an open racing with the unlink
+// gets ENOENT, as if it came after; keepAfterAll undoes that if the unlink
+// fails.
+func (n *node) forgetWithUnlink() bool {
+	if n.IsDir() || n.fsys.opts.NoWritebackCache {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.opens > 0 || n.gone || n.last.GetNlink() != 1 {
+		return false
+	}
+	n.gone = true
+	return true
+}
+
+// keepAfterAll undoes forgetWithUnlink's mark.
+func (n *node) keepAfterAll() {
+	n.mu.Lock()
+	n.gone = false
+	n.mu.Unlock()
+}
+
 // lostName is called after an op removed one of n's names. res is the op's
-// result, whose Attr may describe n after the op.
-func (n *node) lostName(ctx context.Context, res *brickpb.OpResult) {
+// result, whose Attr may describe n after the op; withForget says the op
+// was an unlink that forgets the file with its last name
+// (forgetWithUnlink).
+func (n *node) lostName(ctx context.Context, res *brickpb.OpResult, withForget bool) {
 	if n.IsDir() {
 		n.mu.Lock()
 		n.unlinked = true // directories have one name: removed
 		n.mu.Unlock()
 		return
+	}
+	if withForget {
+		if a := res.GetAttr(); a != nil && a.Fid == n.fid() && a.Nlink == 0 {
+			n.mu.Lock()
+			n.unlinked, n.forgotten = true, true
+			n.mu.Unlock()
+			return // the brick forgot it with the name: nothing to track
+		}
+		n.keepAfterAll() // another name is left after all: the usual way
 	}
 	n.mu.Lock()
 	first := !n.unlinked

@@ -113,6 +113,8 @@ func sizeOp(op *brickpb.Op) bool {
 		return true
 	case brickpb.OpType_OP_SETATTR:
 		return op.Valid&uint32(brickpb.SetattrBit_SETATTR_SIZE) != 0
+	case brickpb.OpType_OP_UNLINK:
+		return op.Flags&brickpb.UnlinkForget != 0 && op.Fid > rootFID
 	}
 	return false
 }
@@ -166,9 +168,13 @@ func (r *Replica) step(op *brickpb.Op, redo bool) (*brickpb.OpResult, error) {
 	attr, err := r.applyOp(op, redo)
 	if before >= 0 && err == nil {
 		after := int64(0) // gone after a FORGET
-		if a := attr; a != nil && a.Fid == op.Fid {
-			after = a.Size // what the op reports: no second stat on the write path
-		} else if op.Type != brickpb.OpType_OP_FORGET {
+		switch {
+		case op.Type == brickpb.OpType_OP_FORGET:
+		case op.Type == brickpb.OpType_OP_UNLINK: // forgotten or not
+			after = max(r.fidSize(op.Fid), 0)
+		case attr != nil && attr.Fid == op.Fid:
+			after = attr.Size // what the op reports: no second stat on the write path
+		default:
 			after = max(r.fidSize(op.Fid), 0)
 		}
 		r.mu.Lock()
@@ -250,6 +256,10 @@ func (r *Replica) intentFor(op *brickpb.Op) intentRec {
 		in.dst, in.dstDir = r.entryInfo(op.NewParent, op.NewName)
 	case brickpb.OpType_OP_RMDIR:
 		in.src, in.srcDir = r.entryInfo(op.Parent, op.Name)
+	case brickpb.OpType_OP_UNLINK:
+		if op.Flags&brickpb.UnlinkForget != 0 {
+			in.src, in.srcDir = r.entryInfo(op.Parent, op.Name)
+		}
 	}
 	return in
 }
@@ -606,9 +616,17 @@ func (r *Replica) opUnlink(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 		return nil, err
 	}
 	defer p.release()
+	forget := op.Flags&brickpb.UnlinkForget != 0 && op.Fid > rootFID
 	st, err := lstatAt(p.fd, op.Name)
 	if err == unix.ENOENT && redo {
-		return nil, nil // done before the crash
+		// Done before the crash, maybe up to the forget (if the name
+		// was op.Fid's when the op began: the intent says).
+		if forget && r.intent.src == op.Fid {
+			if st, err := lstatAt(r.fidsFD, fidName(op.Fid)); err == nil && st.Nlink == 1 {
+				return nil, r.dropFIDLink(op.Fid)
+			}
+		}
+		return nil, nil
 	}
 	if err != nil {
 		return nil, err
@@ -627,7 +645,17 @@ func (r *Replica) opUnlink(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 	if err != nil {
 		return nil, nil
 	}
-	return attrOf(fid, &st), nil
+	a := attrOf(fid, &st)
+	if forget && fid == op.Fid && st.Nlink == 1 {
+		// Its last name: only the fids/ link is left.
+		if err := r.hookAt("unlink-forget"); err != nil {
+			return nil, err
+		}
+		if err := r.dropFIDLink(fid); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
 }
 
 func (r *Replica) opRmdir(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {

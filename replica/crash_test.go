@@ -344,3 +344,63 @@ func TestReadersRaceApply(t *testing.T) {
 		}
 	}
 }
+
+// TestCrashInUnlinkForgetConverges crashes an unlink that forgets the file
+// (brickpb.UnlinkForget) between removing the name and the fids/ link: the
+// replay finishes the forget, and only when the name was that file's.
+func TestCrashInUnlinkForgetConverges(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		nameFID uint64 // the file at the unlinked name
+		opFID   uint64 // the file the op names
+		point   string // crash at the nth time the replica reaches it
+		nth     int
+	}{
+		{"its own file", 2, 2, "unlink-forget", 1},
+		{"its own file, done", 2, 2, "applied", 5},
+		// Replayed with the name gone, the op must not forget fid 3 (an
+		// orphan with no name, as if still open) just because it names it.
+		{"another file, done", 2, 3, "applied", 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ops := []*brickpb.Op{
+				createOp(1, "f", 2, 0o644),
+				writeOp(2, 0, "data"),
+				createOp(1, "g", 3, 0o644),
+				unlinkOp(1, "g"), // fid 3: an orphan, as if still open
+				unlinkOp(1, "f"),
+				createOp(1, "after", 4, 0o644),
+			}
+			ops[4].Flags, ops[4].Fid = brickpb.UnlinkForget, tc.opFID
+			for i, op := range ops {
+				op.Seq, op.Epoch = uint64(i+1), 1
+			}
+			ref := newTest(t)
+			if _, err := ref.Apply(ops); err != nil {
+				t.Fatal(err)
+			}
+			dir := filepath.Join(t.TempDir(), "victim")
+			v := openTest(t, dir, ReplicaOptions{})
+			seen := 0
+			v.hook = func(p string) error {
+				if p == tc.point {
+					if seen++; seen == tc.nth {
+						return errCrash
+					}
+				}
+				return nil
+			}
+			if _, err := v.Apply(ops); !errors.Is(err, errCrash) {
+				t.Fatalf("apply: %v, want the simulated crash", err)
+			}
+			v.crash()
+			v = openTest(t, dir, ReplicaOptions{})
+			defer v.Close()
+			applied, _, _, _ := v.State()
+			if _, err := v.Apply(ops[applied:]); err != nil {
+				t.Fatal(err)
+			}
+			sameTrees(t, ref, v)
+		})
+	}
+}

@@ -248,10 +248,16 @@ func (r *Replica) opForget(op *brickpb.Op) error {
 	if st.Nlink > 1 {
 		return unix.EBUSY
 	}
-	if err := unix.Unlinkat(r.fidsFD, fidName(op.Fid), 0); err != nil {
+	return r.dropFIDLink(op.Fid)
+}
+
+// dropFIDLink removes the fids/ link of a file that has no other name left
+// (OP_FORGET, OP_UNLINK with UnlinkForget).
+func (r *Replica) dropFIDLink(fid uint64) error {
+	if err := unix.Unlinkat(r.fidsFD, fidName(fid), 0); err != nil {
 		return localStep("unlinking from fids/", err)
 	}
-	r.fds.evict(op.Fid)
-	r.dirtyFrom(op.Fid, 0)
+	r.fds.evict(fid)
+	r.dirtyFrom(fid, 0)
 	return nil
 }

@@ -163,8 +163,17 @@ func (g *opGen) op() *brickpb.Op {
 		return &brickpb.Op{Type: brickpb.OpType_OP_LINK, Fid: g.file(), Parent: g.dir(), Name: g.name()}
 	case p < 41:
 		d := g.dir()
-		name, _ := g.entry(d)
-		return &brickpb.Op{Type: brickpb.OpType_OP_UNLINK, Parent: d, Name: name}
+		name, e := g.entry(d)
+		op := &brickpb.Op{Type: brickpb.OpType_OP_UNLINK, Parent: d, Name: name}
+		if g.chance(0.5) {
+			// Forget with the last name: usually the file at name, at
+			// times another (the brick must not forget that one).
+			op.Flags, op.Fid = brickpb.UnlinkForget, g.file()
+			if e != nil && g.chance(0.8) {
+				op.Fid = e.Fid
+			}
+		}
+		return op
 	case p < 45:
 		d := g.dir()
 		name, _ := g.entry(d)

@@ -358,6 +358,52 @@ func TestRenames(t *testing.T) {
 	}
 }
 
+func TestUnlinkForgetsWithTheLastName(t *testing.T) {
+	r := newTest(t)
+	must(t, r, createOp(1, "f", 2, 0o644))
+	must(t, r, writeOp(2, 0, "0123456789"))
+	must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_LINK, Fid: 2, Parent: 1, Name: "g"})
+	must(t, r, createOp(1, "other", 3, 0o644))
+	used := func() int64 { r.mu.Lock(); defer r.mu.Unlock(); return r.used }
+	if u := used(); u != 10 {
+		t.Fatalf("used %d, want 10", u)
+	}
+	forget := func(name string, fid uint64) *brickpb.Op {
+		op := unlinkOp(1, name)
+		op.Flags, op.Fid = brickpb.UnlinkForget, fid
+		return op
+	}
+	// Not the last name: nothing is forgotten.
+	if a := must(t, r, forget("f", 2)); a == nil || a.Nlink != 1 {
+		t.Fatalf("unlink of one of two names: %v, want nlink 1", a)
+	}
+	// The name is another file's: that one is not forgotten either.
+	must(t, r, createOp(1, "h", 4, 0o644))
+	if a := must(t, r, forget("h", 2)); a == nil || a.Fid != 4 || a.Nlink != 0 {
+		t.Fatalf("unlink of h naming fid 2: %v", a)
+	}
+	if _, e := readAll(t, r, 4); e != 0 {
+		t.Fatalf("a file the unlink did not name was forgotten: %v", e)
+	}
+	must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_FORGET, Fid: 4})
+	// The last name: forgotten in the same op, its bytes no longer counted.
+	if a := must(t, r, forget("g", 2)); a == nil || a.Fid != 2 || a.Nlink != 0 || a.Size != 10 {
+		t.Fatalf("unlink of the last name: %v, want fid 2 nlink 0 size 10", a)
+	}
+	if _, e := readAll(t, r, 2); e != unix.ENOENT {
+		t.Fatalf("read after an unlink that forgets: %v, want ENOENT", e)
+	}
+	if u := used(); u != 0 {
+		t.Fatalf("used %d after the forget, want 0", u)
+	}
+	if err := r.countUsed(); err != nil || used() != 0 {
+		t.Fatalf("recount: %v, used %d", err, used())
+	}
+	if ents, _ := os.ReadDir(filepath.Join(r.Dir(), "fids")); len(ents) != 1 {
+		t.Errorf("fids/ holds %v, want only fid 3's link", ents)
+	}
+}
+
 func TestUnlinkedFileReadableUntilForget(t *testing.T) {
 	r := newTest(t)
 	must(t, r, createOp(1, "f", 2, 0o644))

@@ -39,7 +39,7 @@ func TestPeerLs(t *testing.T) {
 	}
 	// Every request carries the CLI's header.
 	for _, h := range f.allHeaders() {
-		if h.GetSenderId() != "cli" || h.GetProtocolVersion() != 1 || h.GetClusterId() != "" {
+		if h.GetSenderId() != "cli" || h.GetProtocolVersion() != brickpb.ProtocolVersion || h.GetClusterId() != "" {
 			t.Errorf("header %v", h)
 		}
 	}
@@ -148,11 +148,11 @@ func TestStatus(t *testing.T) {
 }
 
 func TestVersionHelpAndGroups(t *testing.T) {
-	if out := ok(t, nil, "version"); !strings.HasPrefix(out, "brick ") || !strings.Contains(out, "(protocol 1, go") {
+	if out := ok(t, nil, "version"); !strings.HasPrefix(out, "brick ") || !strings.Contains(out, "(protocol 2, go") {
 		t.Errorf("version: %q", out)
 	}
 	var v versionJSON
-	if err := json.Unmarshal([]byte(ok(t, nil, "version", "--json")), &v); err != nil || v.ProtocolVersion != 1 {
+	if err := json.Unmarshal([]byte(ok(t, nil, "version", "--json")), &v); err != nil || v.ProtocolVersion != 2 {
 		t.Errorf("version --json: %v %+v", err, v)
 	}
 	for _, args := range [][]string{nil, {"--help"}, {"volume"}, {"volume", "create", "--help"}, {"help", "peer"}} {
