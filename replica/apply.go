@@ -83,7 +83,15 @@ func (r *Replica) Apply(ops []*brickpb.Op) ([]*brickpb.OpResult, error) {
 	if err := r.hookAt("log"); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLocalFailure, err)
 	}
-	if err := r.logOps(ops[:n]); err != nil {
+	// The first op's intent goes into the log's commit when it needs one:
+	// nothing is applied in between, so that commit holds exactly what
+	// step's own would, and a metadata op costs one commit, not two.
+	var intent *intentRec
+	if op := ops[0]; exactOp(op) && (r.failed == nil || r.failed.Seq != op.Seq) {
+		in := r.intentFor(op)
+		intent = &in
+	}
+	if err := r.logOps(ops[:n], intent); err != nil {
 		return nil, err
 	}
 	results := make([]*brickpb.OpResult, 0, n)
@@ -141,7 +149,9 @@ func exactOp(op *brickpb.Op) bool {
 // that after a crash at most this one op is half done (redo mode finishes
 // it). Caller holds applyMu.
 func (r *Replica) step(op *brickpb.Op, redo bool) (*brickpb.OpResult, error) {
-	if exactOp(op) && !redo {
+	if exactOp(op) && !redo && r.intentLogged == op.Seq {
+		r.intentLogged = 0 // committed with the op log (Apply)
+	} else if exactOp(op) && !redo {
 		r.intent = r.intentFor(op)
 		err := r.hookAt("pre-commit")
 		if err == nil {

@@ -13,10 +13,11 @@ const scanSlice = 4 << 20
 
 // logOps writes ops (validated, contiguous from applied+1) to the op log
 // before any of them touches the tree, in one NoSync commit with the
-// counters. Records beyond the applied position (left by an op that failed
-// locally) are replaced, and the oldest applied records beyond the bounds
-// are dropped. Caller holds applyMu.
-func (r *Replica) logOps(ops []*brickpb.Op) error {
+// counters and, when not nil, intent (the first op's, see step). Records
+// beyond the applied position (left by an op that failed locally) are
+// replaced, and the oldest applied records beyond the bounds are dropped.
+// Caller holds applyMu.
+func (r *Replica) logOps(ops []*brickpb.Op, intent *intentRec) error {
 	encoded := make([][]byte, len(ops))
 	for i, op := range ops {
 		var err error
@@ -66,10 +67,18 @@ func (r *Replica) logOps(ops []*brickpb.Op) error {
 			}
 			first++
 		}
+		if intent != nil {
+			if err := tx.Bucket(bucketMeta).Put(keyIntent, encodeIntent(*intent)); err != nil {
+				return err
+			}
+		}
 		return tx.Bucket(bucketMeta).Put(keyLogBytes, u64Key(uint64(size)))
 	})
 	if err != nil {
 		return fmt.Errorf("%w: writing the op log: %w", ErrLocalFailure, err)
+	}
+	if intent != nil {
+		r.intent, r.intentLogged = *intent, ops[0].Seq
 	}
 	r.mu.Lock()
 	r.logFirst, r.logLast, r.logBytes = first, last, size
