@@ -34,12 +34,12 @@ func (r *Replica) logOps(ops []*brickpb.Op, intent *intentRec) error {
 		if last > applied {
 			var stale [][]byte
 			c := b.Cursor()
-			for k, v := c.Seek(u64Key(applied + 1)); k != nil; k, v = c.Next() {
+			for k, _ := c.Seek(u64Key(applied + 1)); k != nil; k, _ = c.Next() {
 				stale = append(stale, append([]byte(nil), k...))
-				size -= int64(len(v))
+				size -= int64(len(getLogRec(b, k)))
 			}
 			for _, k := range stale {
-				if err := b.Delete(k); err != nil {
+				if err := delLogRec(b, k); err != nil {
 					return err
 				}
 			}
@@ -49,7 +49,7 @@ func (r *Replica) logOps(ops []*brickpb.Op, intent *intentRec) error {
 			}
 		}
 		for i, op := range ops {
-			if err := b.Put(u64Key(op.Seq), encoded[i]); err != nil {
+			if err := putLogRec(b, u64Key(op.Seq), encoded[i]); err != nil {
 				return err
 			}
 			size += int64(len(encoded[i]))
@@ -61,8 +61,8 @@ func (r *Replica) logOps(ops []*brickpb.Op, intent *intentRec) error {
 		for first != 0 && first <= applied &&
 			(last-first+1 > uint64(r.opts.MaxLogOps) || size > r.opts.MaxLogBytes) {
 			k := u64Key(first)
-			size -= int64(len(b.Get(k)))
-			if err := b.Delete(k); err != nil {
+			size -= int64(len(getLogRec(b, k)))
+			if err := delLogRec(b, k); err != nil {
 				return err
 			}
 			first++
@@ -86,11 +86,52 @@ func (r *Replica) logOps(ops []*brickpb.Op, intent *intentRec) error {
 	return nil
 }
 
+// Records of at least bigRec bytes are kept in a nested bucket of their
+// own, under recKey. bbolt keeps a value inline in its leaf and rewrites
+// the whole leaf, neighbours included (a leaf of up to four big values is
+// never split), on every put or delete beside it: with sequential keys
+// every write op's data was written about three times over (profile in
+// docs/benchmarks.md). A nested bucket has pages of its own, written once
+// and freed whole; its parent leaf holds only a small header.
+const bigRec = 2048
+
+var recKey = []byte("r")
+
+func putLogRec(b *bolt.Bucket, k, v []byte) error {
+	if len(v) < bigRec {
+		return b.Put(k, v)
+	}
+	nb, err := b.CreateBucket(k)
+	if err != nil {
+		return err
+	}
+	return nb.Put(recKey, v)
+}
+
+// getLogRec returns the record at k, inline or in its own bucket; nil if
+// there is none.
+func getLogRec(b *bolt.Bucket, k []byte) []byte {
+	if v := b.Get(k); v != nil {
+		return v
+	}
+	if nb := b.Bucket(k); nb != nil {
+		return nb.Get(recKey)
+	}
+	return nil
+}
+
+func delLogRec(b *bolt.Bucket, k []byte) error {
+	if b.Bucket(k) != nil {
+		return b.DeleteBucket(k)
+	}
+	return b.Delete(k)
+}
+
 // logged returns the logged op seq, or nil if the log does not hold it.
 func (r *Replica) logged(seq uint64) (*brickpb.Op, error) {
 	var op *brickpb.Op
 	err := r.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketLog).Get(u64Key(seq))
+		v := getLogRec(tx.Bucket(bucketLog), u64Key(seq))
 		if v == nil {
 			return nil
 		}
@@ -128,7 +169,8 @@ func (r *Replica) ScanOps(after uint64, fn func(*brickpb.Op) error) error {
 			return err
 		}
 		err := r.db.View(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bucketLog).Cursor()
+			b := tx.Bucket(bucketLog)
+			c := b.Cursor()
 			size := 0
 			k, v := c.Seek(u64Key(next))
 			if k == nil || string(k) != string(u64Key(next)) {
@@ -144,6 +186,9 @@ func (r *Replica) ScanOps(after uint64, fn func(*brickpb.Op) error) error {
 				}
 				if seq != next+uint64(len(batch)) {
 					return fmt.Errorf("%w: op log jumps from %d to %d", ErrCorrupt, next+uint64(len(batch))-1, seq)
+				}
+				if v == nil {
+					v = getLogRec(b, k) // a big record, in a bucket of its own
 				}
 				op, err := decodeLogRec(seq, v)
 				if err != nil {
