@@ -139,14 +139,15 @@ func decodeIntent(b []byte) (intentRec, error) {
 // A log record is the format byte, the CRC32C of the rest, and the op in
 // deterministic protobuf encoding.
 func encodeLogRec(op *brickpb.Op) ([]byte, error) {
-	pb, err := proto.MarshalOptions{Deterministic: true}.Marshal(op)
+	// One buffer, header first: a write op's data is copied once here.
+	mo := proto.MarshalOptions{Deterministic: true}
+	b, err := mo.MarshalAppend(make([]byte, 5, 5+mo.Size(op)), op)
 	if err != nil {
 		return nil, fmt.Errorf("encoding op %d: %w", op.GetSeq(), err)
 	}
-	b := make([]byte, 5, 5+len(pb))
 	b[0] = recordFormat
-	binary.BigEndian.PutUint32(b[1:5], crc32.Checksum(pb, castagnoli))
-	return append(b, pb...), nil
+	binary.BigEndian.PutUint32(b[1:5], crc32.Checksum(b[5:], castagnoli))
+	return b, nil
 }
 
 // decodeLogRec decodes the record stored under seq.
