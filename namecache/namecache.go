@@ -204,9 +204,18 @@ func (c *Cache) beginAdd(parent uint64, nm string) {
 	if _, ok := c.born[parent]; ok {
 		c.born[parent] = true
 	}
+	if e := c.entryOf(parent, nm); e != nil {
+		e.pending++
+		c.bound()
+	}
+}
+
+// entryOf returns nm's record in directory parent, adding it, or nil when
+// parent is not complete. Caller holds mu.
+func (c *Cache) entryOf(parent uint64, nm string) *name {
 	d, ok := c.dirs[parent]
 	if !ok {
-		return
+		return nil
 	}
 	e, ok := d[nm]
 	if !ok {
@@ -214,29 +223,21 @@ func (c *Cache) beginAdd(parent uint64, nm string) {
 		d[nm] = e
 		c.names++
 	}
-	e.pending++
-	c.bound()
+	return e
 }
 
 // endAdd: caller holds mu.
 func (c *Cache) endAdd(parent uint64, nm string, seq uint64) {
 	c.inflight--
-	d, ok := c.dirs[parent]
-	if !ok {
-		return
+	// The name is there unless the directory was forgotten meanwhile (a
+	// directory is never made complete again while an add is in flight;
+	// were it, a present name would still be the safe reading).
+	if e := c.entryOf(parent, nm); e != nil {
+		if e.pending > 0 {
+			e.pending--
+		}
+		e.lastAdd = max(e.lastAdd, seq)
 	}
-	e, ok := d[nm]
-	if !ok {
-		// Only possible if the directory was forgotten and made complete
-		// again while the op was in flight, which complete() rules out;
-		// still, a present name is the safe reading.
-		e = &name{}
-		d[nm] = e
-		c.names++
-	} else if e.pending > 0 {
-		e.pending--
-	}
-	e.lastAdd = max(e.lastAdd, seq)
 }
 
 // Listing is a token for a directory listing about to be read; see Listed.
