@@ -192,6 +192,19 @@ func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, a
 		}
 	}
 	log.Info("fenced", "isr", isr, "start_seq", to.StartSeq, "max_fid", maxFID, "source", to.Source)
+	if vol.Epoch > 1 {
+		// A previous head's name cache may answer for up to its lease
+		// after the last op a brick of ours acknowledged; every op of ours
+		// comes after that (namecache, head.HeldWithin).
+		// Any host's lease is at most maxNameCacheLease, whatever its
+		// failover timeout.
+		log.Info("waiting out a previous head's name-cache lease", "lease", maxNameCacheLease)
+		select {
+		case <-time.After(maxNameCacheLease):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 
 	hc := head.DefaultConfig()
 	hc.Volume, hc.Epoch = vol.Name, vol.Epoch
@@ -233,14 +246,18 @@ func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, a
 	return &headRun{h: h, be: be, epoch: vol.Epoch, startSeq: to.StartSeq, stop: stop}, nil
 }
 
-// nameCacheLease is how long after a brick last acknowledged this head's
-// epoch the name cache may answer: a tenth of the failover timeout, the
-// least time in which another host can take the volume over (without
-// --force), so a deposed head stops answering long before a new head can
-// have created a name.
+// nameCacheLease is how long after every in-sync brick last acknowledged
+// an op of this head the name cache may answer (head.HeldWithin): a tenth
+// of the failover timeout, at most maxNameCacheLease. A successor fences
+// one of those bricks at least, and waits maxNameCacheLease after fencing
+// before its first op (startHead), so this head has stopped answering
+// from its cache before any name of the successor's can exist.
 func nameCacheLease(failover time.Duration) time.Duration {
 	if failover <= 0 {
 		failover = 10 * time.Second
 	}
-	return failover / 10
+	return min(failover/10, maxNameCacheLease)
 }
+
+// maxNameCacheLease bounds every host's name-cache lease.
+const maxNameCacheLease = time.Second

@@ -263,10 +263,11 @@ func (h *Head) call(ctx context.Context, mk func(w uint64) Event) completion {
 func (h *Head) AfterSeq() uint64 { return h.afterSeq.Load() }
 
 // HeldWithin reports whether, as far as the head can tell, it still held
-// its epoch within the last d: it is neither fenced nor stopped, and an ISR
-// brick acknowledged applying an op this head sequenced less than d ago (a
-// fenced brick refuses the stream, so the ack proves the epoch was current
-// after the op was sequenced).
+// its epoch within the last d: it is neither fenced nor stopped, and every
+// ISR brick acknowledged applying an op this head sequenced less than d
+// ago (a fenced brick refuses the stream, so the ack proves the brick was
+// at this epoch after the op was sequenced; see Machine.LastAck for why
+// every brick).
 // What only the head knows (mounter's name cache) is trusted while this
 // holds; another head needs the failover timeout to take over, so with d
 // well under it a deposed head stops trusting itself first. The monotonic

@@ -553,14 +553,14 @@ func TestCloseFailsWaiters(t *testing.T) {
 }
 
 func TestHeldWithinFollowsAcksOfThisEpoch(t *testing.T) {
-	r := newRig(t, nil)
+	r := newRig(t, func(c *Config) { c.ReplicaTimeout = time.Minute })
 	if r.h.HeldWithin(time.Second) {
 		t.Fatal("held before any brick applied an op of this epoch")
 	}
 	r.do(mkdir("x"))
-	r.waitAcked(r.h.AfterSeq(), false, "a")
+	r.waitAcked(r.h.AfterSeq(), false, "a", "b", "c")
 	if !r.h.HeldWithin(time.Second) {
-		t.Fatal("not held right after the primary applied an op")
+		t.Fatal("not held right after every ISR brick applied an op")
 	}
 	// Acks only prove the epoch as of the op they acknowledge: time
 	// passing without new ops (or a SIGSTOP) ends the hold.
@@ -572,6 +572,21 @@ func TestHeldWithinFollowsAcksOfThisEpoch(t *testing.T) {
 	r.waitAcked(r.h.AfterSeq(), false, "a", "b", "c")
 	if !r.h.HeldWithin(time.Second) {
 		t.Fatal("not held after a fresh op was applied")
+	}
+	// One ISR brick silent (a successor may have fenced the others and
+	// left out one this head still reaches): the others' acks do not hold.
+	r.net.Brick("c").DropAcks(true)
+	r.clk.Advance(2 * time.Second)
+	r.do(write(1))
+	r.waitAcked(r.h.AfterSeq(), false, "a", "b")
+	if r.h.HeldWithin(time.Second) {
+		t.Fatal("held while an ISR brick has acknowledged nothing for 2 s")
+	}
+	r.net.Brick("c").DropAcks(false)
+	r.do(write(1))
+	r.waitAcked(r.h.AfterSeq(), false, "a", "b", "c")
+	if !r.h.HeldWithin(time.Second) {
+		t.Fatal("not held once every ISR brick acknowledged a fresh op")
 	}
 	r.net.Brick("b").Fence(2)
 	if err := r.h.Sync(context.Background()); !errors.Is(err, ErrFenced) {

@@ -49,7 +49,6 @@ type Machine struct {
 	leaving   []string          // ISR bricks the head wants out (this step)
 	leaveWhy  map[string]string // and why
 	readOnly  string            // why; "" when writable
-	lastAck   time.Time         // sequencing time of the newest op an ISR brick acknowledged applying
 	fenced    *FencedError
 	stopped   error
 
@@ -81,6 +80,7 @@ type brick struct {
 	since    time.Time
 	retryAt  time.Time
 	failures int
+	heldAt   time.Time // sequencing time of the newest op it acknowledged applying
 	out      string // sticky reason to leave the ISR (diverged, unresumable)
 	full     string // it needs a full resync, not just the op log
 	sticky   bool   // and no op log can ever do (it diverged)
@@ -219,10 +219,27 @@ func (m *Machine) LastSeq() uint64 { return m.lastSeq }
 // Primary is the brick whose results answer metadata ops ("" if none).
 func (m *Machine) Primary() string { return m.primary }
 
-// LastAck is when (to the tick) the newest op an ISR brick acknowledged
-// applying was sequenced: the brick was at this epoch after then. Zero if
-// none has.
-func (m *Machine) LastAck() time.Time { return m.lastAck }
+// LastAck is the latest time (to the tick) after which every ISR brick is
+// known to have been at this epoch: the oldest, over the ISR, of the
+// sequencing time of the newest op the brick acknowledged applying. Zero
+// until every ISR brick has acknowledged one. Every brick, not any: a
+// successor fences every brick of its ISR, which is a non-empty part of
+// this head's, before its first write, but may have left out a brick this
+// head still reaches (one it found unreachable), which then goes on
+// acknowledging this head until its daemon fences it.
+func (m *Machine) LastAck() time.Time {
+	var t time.Time
+	for i, id := range m.isr {
+		b := m.bricks[id]
+		if b == nil || b.heldAt.IsZero() {
+			return time.Time{}
+		}
+		if i == 0 || b.heldAt.Before(t) {
+			t = b.heldAt
+		}
+	}
+	return t
+}
 
 // Refused is whether the machine takes no more ops at all (fenced or
 // stopped).
@@ -485,7 +502,7 @@ func (m *Machine) ack(e Ack) {
 		// epoch after e.at: a proof dated by the op, not by when the ack
 		// was read (acks queued before a SIGSTOP prove nothing new).
 		if e := m.entry(a.AppliedSeq); e != nil {
-			m.lastAck = later(m.lastAck, e.at)
+			b.heldAt = later(b.heldAt, e.at)
 		}
 	}
 	for _, r := range a.Results {
