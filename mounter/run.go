@@ -40,8 +40,9 @@ type Config struct {
 	// lease of a host's locks on the head.
 	FailoverTimeout time.Duration
 	// NameCache is how many names the head's name cache holds (package
-	// namecache); 0 turns it off. It answers lookups only for a tenth of
-	// FailoverTimeout after a brick last acknowledged this head's epoch.
+	// namecache); 0 turns it off. It answers lookups only while every
+	// in-sync brick acknowledged an op of this head within the lease
+	// (nameCacheLease: a tenth of FailoverTimeout, at most 1 s).
 	NameCache int
 	Logger    *slog.Logger
 	// Ready receives "ready\n" once the file system is mounted, or the
@@ -194,10 +195,9 @@ func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, a
 	log.Info("fenced", "isr", isr, "start_seq", to.StartSeq, "max_fid", maxFID, "source", to.Source)
 	if vol.Epoch > 1 {
 		// A previous head's name cache may answer for up to its lease
-		// after the last op a brick of ours acknowledged; every op of ours
-		// comes after that (namecache, head.HeldWithin).
-		// Any host's lease is at most maxNameCacheLease, whatever its
-		// failover timeout.
+		// after the bricks fenced above last acknowledged it; every op of
+		// ours comes after that (namecache, head.HeldWithin). No host's
+		// lease is longer than maxNameCacheLease.
 		log.Info("waiting out a previous head's name-cache lease", "lease", maxNameCacheLease)
 		select {
 		case <-time.After(maxNameCacheLease):

@@ -81,9 +81,9 @@ type brick struct {
 	retryAt  time.Time
 	failures int
 	heldAt   time.Time // sequencing time of the newest op it acknowledged applying
-	out      string // sticky reason to leave the ISR (diverged, unresumable)
-	full     string // it needs a full resync, not just the op log
-	sticky   bool   // and no op log can ever do (it diverged)
+	out      string    // sticky reason to leave the ISR (diverged, unresumable)
+	full     string    // it needs a full resync, not just the op log
+	sticky   bool      // and no op log can ever do (it diverged)
 	lastErr  string
 	// used is the replica's usage as of usedAt (its applied seq then), from
 	// its stream's opening or its last ack that carried one (usedOK).
