@@ -95,7 +95,7 @@ func (r *Replica) Apply(ops []*brickpb.Op) ([]*brickpb.OpResult, error) {
 		return nil, err
 	}
 	results := make([]*brickpb.OpResult, 0, n)
-	for _, op := range ops[:n] {
+	for i, op := range ops[:n] {
 		redo := false
 		if r.failed != nil && r.failed.Seq == op.Seq {
 			if redo = proto.Equal(r.failed, op); !redo {
@@ -103,7 +103,7 @@ func (r *Replica) Apply(ops []*brickpb.Op) ([]*brickpb.OpResult, error) {
 			}
 		}
 		r.failed = nil
-		res, err := r.step(op, redo)
+		res, err := r.step(op, redo, i == 0 && intent != nil)
 		if err != nil {
 			r.failed = proto.Clone(op).(*brickpb.Op)
 			return results, err
@@ -147,11 +147,10 @@ func exactOp(op *brickpb.Op) bool {
 // step applies one accepted op and publishes it as applied. An exact op is
 // preceded by a commit of everything applied so far plus its intent, so
 // that after a crash at most this one op is half done (redo mode finishes
-// it). Caller holds applyMu.
-func (r *Replica) step(op *brickpb.Op, redo bool) (*brickpb.OpResult, error) {
-	if exactOp(op) && !redo && r.intentLogged == op.Seq {
-		r.intentLogged = 0 // committed with the op log (Apply)
-	} else if exactOp(op) && !redo {
+// it); intentLogged says logOps committed that intent already (Apply).
+// Caller holds applyMu.
+func (r *Replica) step(op *brickpb.Op, redo, intentLogged bool) (*brickpb.OpResult, error) {
+	if exactOp(op) && !redo && !intentLogged {
 		r.intent = r.intentFor(op)
 		err := r.hookAt("pre-commit")
 		if err == nil {

@@ -78,7 +78,7 @@ func (r *Replica) logOps(ops []*brickpb.Op, intent *intentRec) error {
 		return fmt.Errorf("%w: writing the op log: %w", ErrLocalFailure, err)
 	}
 	if intent != nil {
-		r.intent, r.intentLogged = *intent, ops[0].Seq
+		r.intent = *intent
 	}
 	r.mu.Lock()
 	r.logFirst, r.logLast, r.logBytes = first, last, size

@@ -112,18 +112,15 @@ type Replica struct {
 
 	applyMu sync.Mutex // serialises Apply, Sync, Fence, commits, Close
 	// Guarded by applyMu.
-	intent intentRec // of the last exact op started
-	// intentLogged is the seq of an op whose intent logOps committed with
-	// the op log (step then commits none); 0 when none is pending.
-	intentLogged uint64
-	failed       *brickpb.Op              // the op that failed locally, possibly half done
-	logFirst     uint64                   // oldest seq in the op log, 0: empty (also under mu)
-	logLast      uint64                   // newest seq in the op log (also under mu)
-	logBytes     int64                    // (also under mu)
-	sumDrops     map[uint64][]chunkRange  // checksums made stale since the last commit
-	sumPuts      map[[2]uint64]sumVal     // (fid, chunk) -> checksums computed since then
-	watch        map[uint64]*chunkWatch   // fids whose checksums are being computed
-	hook         func(point string) error // tests: crash injection, nil otherwise
+	intent   intentRec                // of the last exact op started
+	failed   *brickpb.Op              // the op that failed locally, possibly half done
+	logFirst uint64                   // oldest seq in the op log, 0: empty (also under mu)
+	logLast  uint64                   // newest seq in the op log (also under mu)
+	logBytes int64                    // (also under mu)
+	sumDrops map[uint64][]chunkRange  // checksums made stale since the last commit
+	sumPuts  map[[2]uint64]sumVal     // (fid, chunk) -> checksums computed since then
+	watch    map[uint64]*chunkWatch   // fids whose checksums are being computed
+	hook     func(point string) error // tests: crash injection, nil otherwise
 
 	mu           sync.Mutex // guards the fields below; never held across I/O
 	applied      uint64
@@ -355,7 +352,7 @@ func (r *Replica) recover(prevBoot string) error {
 			break
 		}
 		redo := seq == first && r.intent.seq == seq
-		if _, err := r.step(op, redo); err != nil {
+		if _, err := r.step(op, redo, false); err != nil {
 			r.failed = op
 			r.log.Error("recovery stopped: the brick cannot apply a logged op", "seq", seq, "err", err)
 			break

@@ -269,10 +269,10 @@ func (h *Head) AfterSeq() uint64 { return h.afterSeq.Load() }
 // at this epoch after the op was sequenced; see Machine.LastAck for why
 // every brick).
 // What only the head knows (mounter's name cache) is trusted while this
-// holds; another head needs the failover timeout to take over, so with d
-// well under it a deposed head stops trusting itself first. The monotonic
-// clock keeps running while the process is stopped (SIGSTOP), so a thawed
-// head does not hold.
+// holds; a successor fences at least one of these bricks and then waits
+// at least d before its first op (mounter's startHead), so a deposed
+// head stops trusting itself first. The monotonic clock keeps running
+// while the process is stopped (SIGSTOP), so a thawed head does not hold.
 func (h *Head) HeldWithin(d time.Duration) bool {
 	if h.refused.Load() {
 		return false
