@@ -272,16 +272,14 @@ func (c *Cache) Listed(l Listing, fid uint64, entries []*brickpb.DirEntry) {
 	c.complete(fid, entries)
 }
 
-// complete records directory fid as complete with names. Caller holds mu.
+// complete records directory fid, not complete yet, as complete with
+// entries. Caller holds mu.
 func (c *Cache) complete(fid uint64, entries []*brickpb.DirEntry) {
 	d := make(map[string]*name, len(entries))
 	for _, e := range entries {
 		if e.GetName() != "." && e.GetName() != ".." {
 			d[e.GetName()] = &name{}
 		}
-	}
-	if old, ok := c.dirs[fid]; ok {
-		c.names -= len(old)
 	}
 	c.dirs[fid] = d
 	c.names += len(d)
