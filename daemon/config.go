@@ -77,6 +77,9 @@ type Config struct {
 	// wake-ups, which measured faster on every workload
 	// (docs/benchmarks.md).
 	MountProcs int
+	// ReplicationLinger is how long each mount process's head may hold
+	// back ops nobody waits for yet to batch them (head.Config.Linger).
+	ReplicationLinger time.Duration
 	// NameCache is how many names each mount process's head keeps to
 	// answer lookups of names that cannot exist without asking a brick
 	// (package namecache); 0 turns it off.
@@ -131,6 +134,7 @@ func DefaultConfig() Config {
 		MountLogLevel:     "info",
 		MountProcs:        1,
 		NameCache:         1 << 18,
+		ReplicationLinger: 2 * time.Millisecond,
 		CSIKubeletDir:     "/var/lib/kubelet",
 		DockerSocket:      "/run/docker/plugins/brick.sock",
 		DockerTimeout:     docker.DefaultTimeout,
@@ -183,6 +187,9 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			return fmt.Errorf("%s %v: must be positive", name, d)
 		}
+	}
+	if c.ReplicationLinger < 0 || c.ReplicationLinger > 100*time.Millisecond {
+		return fmt.Errorf("--replication-linger %v: want 0 (off) to 100ms", c.ReplicationLinger)
 	}
 	if c.NameCache < 0 || c.NameCache > 1<<26 {
 		return fmt.Errorf("--name-cache %d: want 0 (off) to %d names", c.NameCache, 1<<26)

@@ -292,6 +292,7 @@ func (d *Daemon) startMountProcess(ctx context.Context, vol *brickpb.Volume, dir
 		fmt.Sprintf("BRICK_HEAL_BANDWIDTH=%d", d.cfg.HealBandwidth),
 		fmt.Sprintf("BRICK_MOUNT_FAILOVER_TIMEOUT=%s", d.cfg.FailoverTimeout),
 		fmt.Sprintf("BRICK_MOUNT_NAME_CACHE=%d", d.cfg.NameCache),
+		fmt.Sprintf("BRICK_MOUNT_REPLICATION_LINGER=%s", d.cfg.ReplicationLinger),
 	)
 	if d.cfg.MountProcs > 0 {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", d.cfg.MountProcs))

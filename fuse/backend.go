@@ -54,5 +54,13 @@ type Backend interface {
 	Sync(ctx context.Context) error
 }
 
+// Submitter is a Backend that can also sequence an op and return before
+// any replica applied it, as Do may for OP_WRITE. The file system uses it
+// only for ops it knows cannot fail as POSIX operations (setattrEarly);
+// a failure all the same is reported by the next Sync, with EIO.
+type Submitter interface {
+	Submit(ctx context.Context, op *brickpb.Op) (seq uint64, err error)
+}
+
 // RootFID is the file ID of a volume's root directory.
 const RootFID = 1

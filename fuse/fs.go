@@ -31,6 +31,10 @@ type fileSystem struct {
 	// go-fuse bridge to release locks at close (locks.go).
 	locker Locker
 	lockFS *lockFS
+
+	// lists keeps what listings said of each entry (listings.go); nil on a
+	// volume other hosts write too.
+	lists *listings
 }
 
 func newFileSystem(b Backend, opts Options) *fileSystem {
@@ -53,8 +57,18 @@ func newFileSystem(b Backend, opts Options) *fileSystem {
 	if l, ok := b.(Locker); ok {
 		f.locker = l
 	}
+	if !opts.NoWritebackCache {
+		// Kept no longer than the kernel may keep an answer itself.
+		if ttl := min(*cacheTime(opts.AttrTimeout), *cacheTime(opts.EntryTimeout)); ttl > 0 {
+			f.lists = newListings(ttl, listingsMax)
+		}
+	}
 	return f
 }
+
+// listingsMax bounds the entries kept from listings (about 200 bytes
+// each).
+const listingsMax = 1 << 16
 
 // Backend calls are never cancelled by the kernel's interrupts: an op that
 // was submitted may be applied already and must report its real result,
@@ -62,7 +76,9 @@ func newFileSystem(b Backend, opts Options) *fileSystem {
 
 // do submits op and returns its result, or the errno it failed with.
 func (f *fileSystem) do(ctx context.Context, name string, op *brickpb.Op) (*brickpb.OpResult, syscall.Errno) {
+	f.touch(op)
 	res, err := f.b.Do(context.WithoutCancel(ctx), op)
+	f.touch(op)
 	if err == nil && res == nil {
 		err = errors.New("backend returned no result")
 	}
@@ -73,6 +89,22 @@ func (f *fileSystem) do(ctx context.Context, name string, op *brickpb.Op) (*bric
 		return res, syscall.Errno(res.Errno)
 	}
 	return res, 0
+}
+
+// submit submits op through s without waiting for its result (Submitter).
+func (f *fileSystem) submit(ctx context.Context, s Submitter, op *brickpb.Op) error {
+	f.touch(op)
+	_, err := s.Submit(context.WithoutCancel(ctx), op)
+	f.touch(op)
+	return err
+}
+
+// touch tells the listings kept that op changes what it names: before it
+// is submitted and again after (listings.go says why).
+func (f *fileSystem) touch(op *brickpb.Op) {
+	if f.lists != nil {
+		f.lists.touch(op)
+	}
 }
 
 // meta asks the backend a question about the namespace.

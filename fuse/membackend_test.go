@@ -22,6 +22,8 @@ type memBackend struct {
 	nextFID uint64
 	files   map[uint64]*memFile
 	now     func() time.Time
+	lookups int // META_LOOKUPs answered
+	lists   int // entries listed
 }
 
 type memFile struct {
@@ -98,6 +100,7 @@ func (m *memBackend) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brick
 		return resp, nil
 	}
 	if req.Kind == brickpb.MetaKind_META_LOOKUP {
+		m.lookups++
 		d := m.files[req.Parent]
 		if d == nil || d.children == nil {
 			return fail(syscall.ENOTDIR)
@@ -127,8 +130,12 @@ func (m *memBackend) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brick
 		sort.Strings(names)
 		for _, n := range names {
 			c := f.children[n]
-			resp.Entries = append(resp.Entries, &brickpb.DirEntry{Name: n, Fid: c,
-				Mode: m.files[c].attr.Mode & syscall.S_IFMT})
+			e := &brickpb.DirEntry{Name: n, Fid: c, Mode: m.files[c].attr.Mode & syscall.S_IFMT}
+			if req.WithAttrs {
+				e.Attr = clone(m.files[c].attr)
+			}
+			m.lists++
+			resp.Entries = append(resp.Entries, e)
 		}
 	case brickpb.MetaKind_META_READLINK:
 		if f.attr.Mode&syscall.S_IFMT != syscall.S_IFLNK {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	gofuse "github.com/hanwen/go-fuse/v2/fuse"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/brickvol/brick/proto/brickpb"
 )
@@ -20,6 +21,12 @@ import (
 type node struct {
 	fs.Inode
 	fsys *fileSystem
+
+	// early orders the ops on this file answered before they are applied
+	// (setattrEarly, Unlink): held from the check that the file is still
+	// there to the submission, so none is sequenced after the unlink
+	// that forgets the file.
+	early sync.Mutex
 
 	mu   sync.Mutex
 	last *brickpb.Attr // last known attributes (never modified): setgid inheritance, removed directories
@@ -106,6 +113,12 @@ func (n *node) Lookup(ctx context.Context, name string, out *gofuse.EntryOut) (*
 	if len(name) > nameMax {
 		return nil, syscall.ENAMETOOLONG
 	}
+	if l := n.fsys.lists; l != nil {
+		if a := l.lookup(n.fid(), name); a != nil {
+			fillAttr(a, &out.Attr)
+			return n.child(ctx, name, a), 0
+		}
+	}
 	resp, errno := n.fsys.meta(ctx, "lookup", &brickpb.MetaRequest{
 		Kind: brickpb.MetaKind_META_LOOKUP, Parent: n.fid(), Name: name})
 	if errno != 0 {
@@ -170,6 +183,14 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 	if op.Valid == 0 { // only ctime, a lock owner or a handle: nothing to store
 		return n.Getattr(ctx, f, out)
 	}
+	if a, ok, errno := n.setattrEarly(ctx, op); ok || errno != 0 {
+		release()
+		if errno != 0 {
+			return errno
+		}
+		fillAttr(a, &out.Attr) // valid for no time: the next stat asks the brick
+		return 0
+	}
 	res, errno := n.fsys.do(ctx, "setattr", op)
 	release()
 	if errno != 0 {
@@ -182,6 +203,62 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 	n.remember(a)
 	fillAttr(a, &out.Attr)
 	return 0
+}
+
+// setattrEarly answers a SETATTR of a regular file without waiting for a
+// brick, when the answer is known here and the op cannot fail: a change of
+// mode, times or (to what they already are, with no set-ID bit the brick's
+// chown would clear) owners, on a volume this host alone writes, so the
+// node's attributes are this file system's own doing. The kernel keeps a
+// regular file's size and times itself there (writeback cache), and the
+// reply is valid for no time, so a stale size or block count in it is
+// never seen. ok is false when the op must go the slow way.
+func (n *node) setattrEarly(ctx context.Context, op *brickpb.Op) (a *brickpb.Attr, ok bool, errno syscall.Errno) {
+	s, can := n.fsys.b.(Submitter)
+	if !can || n.fsys.opts.NoWritebackCache || n.StableAttr().Mode != syscall.S_IFREG {
+		return nil, false, 0
+	}
+	const early = brickpb.SetattrBit_SETATTR_MODE | brickpb.SetattrBit_SETATTR_ATIME |
+		brickpb.SetattrBit_SETATTR_MTIME | brickpb.SetattrBit_SETATTR_UID | brickpb.SetattrBit_SETATTR_GID
+	if op.Valid&^uint32(early) != 0 {
+		return nil, false, 0
+	}
+	has := func(b brickpb.SetattrBit) bool { return op.Valid&uint32(b) != 0 }
+	n.early.Lock()
+	defer n.early.Unlock()
+	n.mu.Lock()
+	last, named := n.last, !n.unlinked && !n.gone && !n.forgotten
+	n.mu.Unlock()
+	// A file that lost a name may be forgotten by now (the kernel pushes
+	// an evicted inode's times after its unlink): let the backend answer.
+	if !named || last == nil || last.Fid != op.Fid || last.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return nil, false, 0
+	}
+	if has(brickpb.SetattrBit_SETATTR_UID) || has(brickpb.SetattrBit_SETATTR_GID) {
+		if has(brickpb.SetattrBit_SETATTR_UID) && op.Uid != last.Uid ||
+			has(brickpb.SetattrBit_SETATTR_GID) && op.Gid != last.Gid ||
+			last.Mode&(syscall.S_ISUID|syscall.S_ISGID) != 0 {
+			return nil, false, 0
+		}
+	}
+	a = proto.Clone(last).(*brickpb.Attr)
+	if has(brickpb.SetattrBit_SETATTR_MODE) {
+		a.Mode = syscall.S_IFREG | op.Mode&0o7777
+	}
+	if has(brickpb.SetattrBit_SETATTR_ATIME) {
+		a.AtimeNs = op.AtimeNs
+	}
+	if has(brickpb.SetattrBit_SETATTR_MTIME) {
+		a.MtimeNs = op.MtimeNs
+	}
+	a.CtimeNs = time.Now().UnixNano()
+	if err := n.fsys.submit(ctx, s, op); err != nil {
+		return nil, false, n.fsys.fail("setattr", err, mutation, opAttrs(op)...)
+	}
+	n.mu.Lock()
+	n.last = a // not remember: the size here may be stale, n.size is not
+	n.mu.Unlock()
+	return a, true, 0
 }
 
 // admitGrowth reserves quota for the file growing to end.
@@ -385,9 +462,24 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	// The kernel looked the name up before unlinking it, so the tree
 	// knows the child (go-fuse removes it after this returns).
 	ch, known := n.childNode(name)
+	if known {
+		ch.early.Lock()
+		defer ch.early.Unlock()
+	}
 	forget := known && ch.forgetWithUnlink()
 	if forget {
 		op.Flags, op.Fid = brickpb.UnlinkForget, ch.fid()
+		if s, ok := n.fsys.b.(Submitter); ok {
+			// It cannot fail: on a volume only this host writes (which
+			// forgetWithUnlink checked), the name the kernel looked up is
+			// there and holds ch, and its only name. Nobody waits for it.
+			if err := n.fsys.submit(ctx, s, op); err != nil {
+				ch.keepAfterAll()
+				return n.fsys.fail("unlink", err, mutation, opAttrs(op)...)
+			}
+			ch.lostName(ctx, &brickpb.OpResult{Attr: &brickpb.Attr{Fid: ch.fid()}}, true)
+			return 0
+		}
 	}
 	res, errno := n.fsys.do(ctx, "unlink", op)
 	if errno != 0 {
@@ -466,7 +558,15 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 // kept for the life of the handle so that seekdir/telldir offsets stay
 // valid.
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	resp, errno := n.fsys.meta(ctx, "readdir", &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: n.fid()})
+	var since uint64
+	l := n.fsys.lists
+	if l != nil {
+		since = l.begin()
+	}
+	resp, errno := n.fsys.meta(ctx, "readdir", &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: n.fid(), WithAttrs: l != nil})
+	if errno == 0 && l != nil {
+		l.keep(n.fid(), since, resp.Entries)
+	}
 	if errno == syscall.ENOENT {
 		if _, errno = n.removedAttr(); errno == 0 {
 			resp = &brickpb.MetaResponse{} // removed while open: empty

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,18 +29,91 @@ type backend struct {
 	log   *slog.Logger
 	names *namecache.Cache
 	lease time.Duration
+	early bool             // answer creates and mkdirs early (answersEarly)
+	now   func() time.Time // stamps early-answered entries
+
+	answeredEarly atomic.Uint64 // ops answered before they were applied (not writes)
 }
 
 func (b *backend) NewFID() uint64 { return b.h.NewFID() }
 
 func (b *backend) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error) {
+	early := b.answersEarly(op)
 	done := b.names.Begin(op)
-	res, err := b.h.Do(ctx, op)
+	var res *brickpb.OpResult
+	var err error
+	if early {
+		b.answeredEarly.Add(1)
+		res, err = b.doEarly(ctx, op)
+	} else {
+		res, err = b.h.Do(ctx, op)
+	}
 	done(res, err)
 	return res, err
 }
 
+// answersEarly reports whether op is a create or mkdir the head may answer
+// itself, before any brick applied it, because it cannot fail as a POSIX
+// operation: the name is certainly absent (name cache, under its lease),
+// the parent is a directory (only directories are complete in the cache),
+// and it is alive, which on a volume only this host mounts its kernel
+// guarantees (it never creates in a directory it removed, and it holds
+// the directory's lock across both). A create then costs no round trip,
+// like a create in a local page cache (design.md, promise 1); should the
+// primary fail it after all, the next fsync reports EIO (head.Submit).
+func (b *backend) answersEarly(op *brickpb.Op) bool {
+	if !b.early {
+		return false
+	}
+	switch op.Type {
+	case brickpb.OpType_OP_CREATE, brickpb.OpType_OP_MKDIR:
+	default:
+		return false
+	}
+	return op.Fid > 1 && b.h.HeldWithin(b.lease) && b.names.Absent(op.Parent, op.Name)
+}
+
+// doEarly submits op and answers it with the attributes the brick will
+// give the new entry: it stamps the entry's times into the op, so every
+// replica keeps the ones answered here.
+func (b *backend) doEarly(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error) {
+	now := b.now().UnixNano()
+	op.AtimeNs, op.MtimeNs = now, now
+	a := &brickpb.Attr{Fid: op.Fid, Mode: syscall.S_IFREG | op.Mode&0o7777, Nlink: 1,
+		Uid: op.Uid, Gid: op.Gid, AtimeNs: now, MtimeNs: now, CtimeNs: now}
+	if op.Type == brickpb.OpType_OP_MKDIR {
+		a.Mode, a.Nlink = syscall.S_IFDIR|op.Mode&0o7777, 2
+	}
+	seq, err := b.h.Submit(ctx, op)
+	if err != nil {
+		return nil, err
+	}
+	return &brickpb.OpResult{Seq: seq, Attr: a}, nil
+}
+
 func (b *backend) Sync(ctx context.Context) error { return b.h.Sync(ctx) }
+
+// Submit implements fuse.Submitter: op is sequenced and not waited for.
+// Only a volume this host alone mounts answers ops before they are
+// applied (answersEarly says why); elsewhere it waits as Do does.
+func (b *backend) Submit(ctx context.Context, op *brickpb.Op) (uint64, error) {
+	if !b.early {
+		res, err := b.Do(ctx, op)
+		if err == nil && res.GetErrno() != 0 {
+			err = syscall.Errno(res.GetErrno())
+		}
+		return res.GetSeq(), err
+	}
+	b.answeredEarly.Add(1)
+	done := b.names.Begin(op)
+	seq, err := b.h.Submit(ctx, op)
+	var res *brickpb.OpResult
+	if err == nil {
+		res = &brickpb.OpResult{Seq: seq}
+	}
+	done(res, err)
+	return seq, err
+}
 
 // UsedBytes implements fuse.UsageReporter from the head's estimate (the
 // primary brick's count plus what it has not acknowledged yet), so the
@@ -93,6 +167,7 @@ func (b *backend) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brickpb.
 
 func (b *backend) meta(ctx context.Context, req *brickpb.MetaRequest) (*brickpb.MetaResponse, error) {
 	req.Ref, req.AfterSeq = b.ref(), b.h.AfterSeq()
+	b.h.Hurry() // the brick waits for AfterSeq
 	var lastErr error
 	for _, id := range b.readers() {
 		cc, err := b.c.get(b.addrs[id])
@@ -114,6 +189,7 @@ func (b *backend) meta(ctx context.Context, req *brickpb.MetaRequest) (*brickpb.
 
 func (b *backend) Read(ctx context.Context, fid uint64, off int64, size int) ([]byte, error) {
 	req := &brickpb.ReadRequest{Ref: b.ref(), AfterSeq: b.h.AfterSeq(), Fid: fid, Offset: off, Size: uint32(size)}
+	b.h.Hurry() // the brick waits for AfterSeq
 	var lastErr error
 	for _, id := range b.readers() {
 		cc, err := b.c.get(b.addrs[id])

@@ -44,7 +44,10 @@ type Config struct {
 	// in-sync brick acknowledged an op of this head within the lease
 	// (nameCacheLease: a tenth of FailoverTimeout, at most 1 s).
 	NameCache int
-	Logger    *slog.Logger
+	// Linger is how long the head may hold back ops nobody waits for yet
+	// to batch them (head.Config.Linger); 0 sends every op at once.
+	Linger time.Duration
+	Logger *slog.Logger
 	// Ready receives "ready\n" once the file system is mounted, or the
 	// error that stopped the mount; then it is closed.
 	Ready io.WriteCloser
@@ -222,6 +225,7 @@ func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, a
 	if cfg.HealBandwidth >= 0 {
 		hc.HealBytesPerSec = cfg.HealBandwidth
 	}
+	hc.Linger = cfg.Linger
 	hc.Logger = log.With("component", "head")
 	h, err := head.Start(ctx, hc, tr,
 		&control{c: c, daemon: cfg.Daemon, others: others, volID: vol.Id}, head.SystemClock(), hc.Logger)
@@ -236,12 +240,14 @@ func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, a
 	}
 
 	be := &backend{h: h, c: c, volID: vol.Id, addrs: addrs, log: log,
-		names: namecache.New(cfg.NameCache), lease: nameCacheLease(cfg.FailoverTimeout)}
+		names: namecache.New(cfg.NameCache), lease: nameCacheLease(cfg.FailoverTimeout),
+		early: vol.Access != "shared", now: time.Now}
 	stop := func() {
 		stopResync()
 		h.Close()
 		hits, misses, names := be.names.Stats()
-		log.Info("name cache", "lookups_answered", hits, "lookups_passed_on", misses, "names", names)
+		log.Info("name cache", "lookups_answered", hits, "lookups_passed_on", misses, "names", names,
+			"ops_answered_early", be.answeredEarly.Load())
 	}
 	return &headRun{h: h, be: be, epoch: vol.Epoch, startSeq: to.StartSeq, stop: stop}, nil
 }

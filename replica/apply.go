@@ -30,6 +30,14 @@ func ownAndStat(fd int, op *brickpb.Op) (unix.Stat_t, error) {
 	if err := localStep("setting the mode", unix.Fchmod(fd, op.Mode&0o7777)); err != nil {
 		return unix.Stat_t{}, err
 	}
+	if op.MtimeNs != 0 || op.AtimeNs != 0 {
+		// The head stamped the new file's times (it may have answered the
+		// create with them already): every replica keeps the same ones.
+		ts := [2]unix.Timespec{unix.NsecToTimespec(op.AtimeNs), unix.NsecToTimespec(op.MtimeNs)}
+		if err := localStep("setting the times", futimens(fd, &ts)); err != nil {
+			return unix.Stat_t{}, err
+		}
+	}
 	return fstat(fd)
 }
 

@@ -1,12 +1,14 @@
 package replica
 
 import (
+	"google.golang.org/protobuf/proto"
 	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -598,3 +600,54 @@ func isErrno(err error, e syscall.Errno) bool {
 }
 
 func crc32Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// A create or mkdir the head stamped with times (it answered the op with
+// them already) keeps exactly those times on every replica; without a
+// stamp the brick's clock decides.
+func TestCreateKeepsStampedTimes(t *testing.T) {
+	r := newTest(t)
+	const at, mt = int64(1_600_000_000_123_456_789), int64(1_600_000_001_987_654_321)
+	d := must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_MKDIR, Parent: 1, Name: "d", Fid: 2, Mode: 0o755, AtimeNs: at, MtimeNs: mt})
+	f := must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_CREATE, Parent: 2, Name: "f", Fid: 3, Mode: 0o644, AtimeNs: at, MtimeNs: mt})
+	if f.AtimeNs != at || f.MtimeNs != mt {
+		t.Errorf("create answered times %d %d, want %d %d", f.AtimeNs, f.MtimeNs, at, mt)
+	}
+	if d.AtimeNs != at || d.MtimeNs != mt {
+		t.Errorf("mkdir answered times %d %d, want %d %d", d.AtimeNs, d.MtimeNs, at, mt)
+	}
+	if a, errno := lookup(t, r, 2, "f"); errno != 0 || a.MtimeNs != mt || a.AtimeNs != at {
+		t.Errorf("lookup after create: %v %v", a, errno)
+	}
+	u := must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_CREATE, Parent: 1, Name: "u", Fid: 4, Mode: 0o644})
+	if time.Since(time.Unix(0, u.MtimeNs)) > time.Hour {
+		t.Errorf("unstamped create got mtime %v, want the brick's clock", time.Unix(0, u.MtimeNs))
+	}
+}
+
+// A listing with attributes gives, for every entry, what a LOOKUP of its
+// name answers (the mount answers those lookups with it).
+func TestReaddirWithAttrsMatchesLookup(t *testing.T) {
+	r := newTest(t)
+	must(t, r, mkdirOp(1, "d", 2, 0o755))
+	must(t, r, createOp(2, "f", 3, 0o640))
+	must(t, r, writeOp(3, 0, "hello"))
+	must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_SYMLINK, Parent: 2, Name: "s", Fid: 4, Target: "f"})
+	must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_LINK, Parent: 2, Name: "f2", Fid: 3})
+	must(t, r, mkdirOp(2, "sub", 5, 0o700))
+	resp := meta(t, r, &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: 2, WithAttrs: true})
+	if len(resp.Entries) != 4 {
+		t.Fatalf("entries: %v", resp.Entries)
+	}
+	for _, e := range resp.Entries {
+		want, errno := lookup(t, r, 2, e.Name)
+		if errno != 0 || !proto.Equal(e.Attr, want) || e.Fid != want.Fid {
+			t.Errorf("%s: listed %v, lookup %v (%v)", e.Name, e.Attr, want, errno)
+		}
+	}
+	plain := meta(t, r, &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: 2})
+	for _, e := range plain.Entries {
+		if e.Attr != nil {
+			t.Errorf("%s: attributes listed unasked", e.Name)
+		}
+	}
+}

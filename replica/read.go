@@ -110,7 +110,7 @@ func (r *Replica) meta(req *brickpb.MetaRequest, resp *brickpb.MetaResponse) err
 		return nil
 	case brickpb.MetaKind_META_READDIR:
 		var err error
-		resp.Entries, err = r.readdir(req.Fid)
+		resp.Entries, err = r.readdir(req.Fid, req.WithAttrs)
 		return err
 	case brickpb.MetaKind_META_READLINK:
 		t, err := r.target(req.Fid)
@@ -160,7 +160,7 @@ func (r *Replica) meta(req *brickpb.MetaRequest, resp *brickpb.MetaResponse) err
 
 // readdir lists directory fid, sorted by name, every replica alike.
 // Entries without a file ID tag are not the volume's and are left out.
-func (r *Replica) readdir(fid uint64) ([]*brickpb.DirEntry, error) {
+func (r *Replica) readdir(fid uint64, withAttrs bool) ([]*brickpb.DirEntry, error) {
 	d, err := r.dirFD(fid)
 	if err != nil {
 		return nil, err
@@ -177,6 +177,16 @@ func (r *Replica) readdir(fid uint64) ([]*brickpb.DirEntry, error) {
 	}
 	out := make([]*brickpb.DirEntry, 0, len(ents))
 	for _, e := range ents {
+		if withAttrs {
+			// What a LOOKUP of the name answers (entryAttr), so the
+			// caller may answer that lookup with it.
+			a, err := entryAttr(fd, e.name)
+			if err != nil {
+				continue // untagged, or removed meanwhile
+			}
+			out = append(out, &brickpb.DirEntry{Name: e.name, Fid: a.Fid, Mode: a.Mode & unix.S_IFMT, Attr: a})
+			continue
+		}
 		efid, err := fidAt(fd, e.name)
 		if err != nil {
 			continue // untagged, or removed meanwhile

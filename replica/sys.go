@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -245,6 +246,16 @@ func isLink(st *unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFLNK }
 
 // attrOf converts a stat of the inode of fid. For non-directories the link
 // in fids/ is not counted in nlink.
+// futimens sets the access and modification times of fd, which may be a
+// directory (utimensat with a NULL path, as glibc's futimens).
+func futimens(fd int, ts *[2]unix.Timespec) error {
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(ts)), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
 func attrOf(fid uint64, st *unix.Stat_t) *brickpb.Attr {
 	nlink := uint32(st.Nlink)
 	if !isDir(st) && nlink > 0 {

@@ -41,6 +41,13 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 			return 2
 		}
 	}
+	var linger time.Duration
+	if v := getenv("BRICK_MOUNT_REPLICATION_LINGER"); v != "" {
+		if linger, err = time.ParseDuration(v); err != nil || linger < 0 {
+			fmt.Fprintf(stderr, "brickd mount-process: BRICK_MOUNT_REPLICATION_LINGER %q: want a duration, 0 or more\n", v)
+			return 2
+		}
+	}
 	var healBW int64 = -1 // the head's default
 	if v := getenv("BRICK_HEAL_BANDWIDTH"); v != "" {
 		if healBW, err = strconv.ParseInt(v, 10, 64); err != nil || healBW < 0 {
@@ -63,6 +70,7 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 		Epoch:           epoch,
 		FailoverTimeout: failover,
 		NameCache:       nameCache,
+		Linger:          linger,
 		Daemon:          getenv("BRICK_MOUNT_DAEMON"),
 		BrickID:         getenv("BRICK_MOUNT_BRICK_ID"),
 		Key:             getenv("BRICK_CLUSTER_KEY"),

@@ -28,12 +28,12 @@ type OpType int32
 
 const (
 	OpType_OP_UNSPECIFIED OpType = 0
-	OpType_OP_CREATE      OpType = 1  // parent, name, fid, mode, uid, gid: a regular file
-	OpType_OP_MKDIR       OpType = 2  // parent, name, fid, mode, uid, gid
+	OpType_OP_CREATE      OpType = 1  // parent, name, fid, mode, uid, gid [, atime_ns, mtime_ns]: a regular file
+	OpType_OP_MKDIR       OpType = 2  // parent, name, fid, mode, uid, gid [, atime_ns, mtime_ns]
 	OpType_OP_MKNOD       OpType = 3  // parent, name, fid, mode (incl. type bits), rdev, uid, gid
 	OpType_OP_SYMLINK     OpType = 4  // parent, name, fid, target, uid, gid
 	OpType_OP_LINK        OpType = 5  // fid (existing), parent, name
-	OpType_OP_UNLINK      OpType = 6  // parent, name
+	OpType_OP_UNLINK      OpType = 6  // parent, name; flags UnlinkForget (1) with fid: also forget the file if that was its last name
 	OpType_OP_RMDIR       OpType = 7  // parent, name
 	OpType_OP_RENAME      OpType = 8  // parent, name -> new_parent, new_name, flags (RENAME_NOREPLACE/EXCHANGE)
 	OpType_OP_WRITE       OpType = 9  // fid, offset, data
@@ -1115,9 +1115,11 @@ type Op struct {
 	Data      []byte                 `protobuf:"bytes,16,opt,name=data,proto3" json:"data,omitempty"`
 	Flags     uint32                 `protobuf:"varint,17,opt,name=flags,proto3" json:"flags,omitempty"`
 	Valid     uint32                 `protobuf:"varint,18,opt,name=valid,proto3" json:"valid,omitempty"`
-	AtimeNs   int64                  `protobuf:"varint,19,opt,name=atime_ns,json=atimeNs,proto3" json:"atime_ns,omitempty"`
-	MtimeNs   int64                  `protobuf:"varint,20,opt,name=mtime_ns,json=mtimeNs,proto3" json:"mtime_ns,omitempty"`
-	Xattr     string                 `protobuf:"bytes,21,opt,name=xattr,proto3" json:"xattr,omitempty"`
+	// atime_ns and mtime_ns: the times SETATTR sets, and those the head
+	// stamped on a CREATE or MKDIR (0 and 0: the brick's clock decides).
+	AtimeNs int64  `protobuf:"varint,19,opt,name=atime_ns,json=atimeNs,proto3" json:"atime_ns,omitempty"`
+	MtimeNs int64  `protobuf:"varint,20,opt,name=mtime_ns,json=mtimeNs,proto3" json:"mtime_ns,omitempty"`
+	Xattr   string `protobuf:"bytes,21,opt,name=xattr,proto3" json:"xattr,omitempty"`
 	// origin_epoch is the epoch of the head that sequenced the op. epoch is
 	// re-stamped whenever a later head forwards the op (a brick takes ops at
 	// its stream's epoch only); origin_epoch never changes, so (seq,
@@ -1501,6 +1503,7 @@ type DirEntry struct {
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Fid           uint64                 `protobuf:"varint,2,opt,name=fid,proto3" json:"fid,omitempty"`
 	Mode          uint32                 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"` // type bits only
+	Attr          *Attr                  `protobuf:"bytes,4,opt,name=attr,proto3" json:"attr,omitempty"`  // with MetaRequest.with_attrs: what a LOOKUP of name answers
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1556,6 +1559,13 @@ func (x *DirEntry) GetMode() uint32 {
 	return 0
 }
 
+func (x *DirEntry) GetAttr() *Attr {
+	if x != nil {
+		return x.Attr
+	}
+	return nil
+}
+
 type MetaRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           *VolumeRef             `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -1565,6 +1575,7 @@ type MetaRequest struct {
 	Parent        uint64                 `protobuf:"varint,5,opt,name=parent,proto3" json:"parent,omitempty"`
 	Name          string                 `protobuf:"bytes,6,opt,name=name,proto3" json:"name,omitempty"`
 	Xattr         string                 `protobuf:"bytes,7,opt,name=xattr,proto3" json:"xattr,omitempty"`
+	WithAttrs     bool                   `protobuf:"varint,8,opt,name=with_attrs,json=withAttrs,proto3" json:"with_attrs,omitempty"` // META_READDIR: each entry's attributes too
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1646,6 +1657,13 @@ func (x *MetaRequest) GetXattr() string {
 		return x.Xattr
 	}
 	return ""
+}
+
+func (x *MetaRequest) GetWithAttrs() bool {
+	if x != nil {
+		return x.WithAttrs
+	}
+	return false
 }
 
 type Statfs struct {
@@ -2131,11 +2149,12 @@ const file_replica_proto_rawDesc = "" +
 	"\batime_ns\x18\t \x01(\x03R\aatimeNs\x12\x19\n" +
 	"\bmtime_ns\x18\n" +
 	" \x01(\x03R\amtimeNs\x12\x19\n" +
-	"\bctime_ns\x18\v \x01(\x03R\actimeNs\"D\n" +
+	"\bctime_ns\x18\v \x01(\x03R\actimeNs\"h\n" +
 	"\bDirEntry\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03fid\x18\x02 \x01(\x04R\x03fid\x12\x12\n" +
-	"\x04mode\x18\x03 \x01(\rR\x04mode\"\xcd\x01\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\"\n" +
+	"\x04attr\x18\x04 \x01(\v2\x0e.brick.v1.AttrR\x04attr\"\xec\x01\n" +
 	"\vMetaRequest\x12%\n" +
 	"\x03ref\x18\x01 \x01(\v2\x13.brick.v1.VolumeRefR\x03ref\x12\x1b\n" +
 	"\tafter_seq\x18\x02 \x01(\x04R\bafterSeq\x12&\n" +
@@ -2143,7 +2162,9 @@ const file_replica_proto_rawDesc = "" +
 	"\x03fid\x18\x04 \x01(\x04R\x03fid\x12\x16\n" +
 	"\x06parent\x18\x05 \x01(\x04R\x06parent\x12\x12\n" +
 	"\x04name\x18\x06 \x01(\tR\x04name\x12\x14\n" +
-	"\x05xattr\x18\a \x01(\tR\x05xattr\"\xaa\x01\n" +
+	"\x05xattr\x18\a \x01(\tR\x05xattr\x12\x1d\n" +
+	"\n" +
+	"with_attrs\x18\b \x01(\bR\twithAttrs\"\xaa\x01\n" +
 	"\x06Statfs\x12\x16\n" +
 	"\x06blocks\x18\x01 \x01(\x04R\x06blocks\x12\x14\n" +
 	"\x05bfree\x18\x02 \x01(\x04R\x05bfree\x12\x16\n" +
@@ -2275,32 +2296,33 @@ var file_replica_proto_depIdxs = []int32{
 	16, // 9: brick.v1.ReplicateAck.results:type_name -> brick.v1.OpResult
 	0,  // 10: brick.v1.Op.type:type_name -> brick.v1.OpType
 	17, // 11: brick.v1.OpResult.attr:type_name -> brick.v1.Attr
-	10, // 12: brick.v1.MetaRequest.ref:type_name -> brick.v1.VolumeRef
-	2,  // 13: brick.v1.MetaRequest.kind:type_name -> brick.v1.MetaKind
-	17, // 14: brick.v1.MetaResponse.attr:type_name -> brick.v1.Attr
-	18, // 15: brick.v1.MetaResponse.entries:type_name -> brick.v1.DirEntry
-	20, // 16: brick.v1.MetaResponse.statfs:type_name -> brick.v1.Statfs
-	10, // 17: brick.v1.ReadRequest.ref:type_name -> brick.v1.VolumeRef
-	10, // 18: brick.v1.OpsSinceRequest.ref:type_name -> brick.v1.VolumeRef
-	11, // 19: brick.v1.Replica.Fence:input_type -> brick.v1.FenceRequest
-	13, // 20: brick.v1.Replica.Replicate:input_type -> brick.v1.ReplicateRequest
-	19, // 21: brick.v1.Replica.Meta:input_type -> brick.v1.MetaRequest
-	22, // 22: brick.v1.Replica.Read:input_type -> brick.v1.ReadRequest
-	24, // 23: brick.v1.Replica.OpsSince:input_type -> brick.v1.OpsSinceRequest
-	3,  // 24: brick.v1.Replica.Snapshot:input_type -> brick.v1.SnapshotRequest
-	8,  // 25: brick.v1.Replica.Resync:input_type -> brick.v1.ResyncRequest
-	12, // 26: brick.v1.Replica.Fence:output_type -> brick.v1.FenceResponse
-	14, // 27: brick.v1.Replica.Replicate:output_type -> brick.v1.ReplicateAck
-	21, // 28: brick.v1.Replica.Meta:output_type -> brick.v1.MetaResponse
-	23, // 29: brick.v1.Replica.Read:output_type -> brick.v1.ReadResponse
-	15, // 30: brick.v1.Replica.OpsSince:output_type -> brick.v1.Op
-	4,  // 31: brick.v1.Replica.Snapshot:output_type -> brick.v1.SnapshotPart
-	9,  // 32: brick.v1.Replica.Resync:output_type -> brick.v1.ResyncResponse
-	26, // [26:33] is the sub-list for method output_type
-	19, // [19:26] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	17, // 12: brick.v1.DirEntry.attr:type_name -> brick.v1.Attr
+	10, // 13: brick.v1.MetaRequest.ref:type_name -> brick.v1.VolumeRef
+	2,  // 14: brick.v1.MetaRequest.kind:type_name -> brick.v1.MetaKind
+	17, // 15: brick.v1.MetaResponse.attr:type_name -> brick.v1.Attr
+	18, // 16: brick.v1.MetaResponse.entries:type_name -> brick.v1.DirEntry
+	20, // 17: brick.v1.MetaResponse.statfs:type_name -> brick.v1.Statfs
+	10, // 18: brick.v1.ReadRequest.ref:type_name -> brick.v1.VolumeRef
+	10, // 19: brick.v1.OpsSinceRequest.ref:type_name -> brick.v1.VolumeRef
+	11, // 20: brick.v1.Replica.Fence:input_type -> brick.v1.FenceRequest
+	13, // 21: brick.v1.Replica.Replicate:input_type -> brick.v1.ReplicateRequest
+	19, // 22: brick.v1.Replica.Meta:input_type -> brick.v1.MetaRequest
+	22, // 23: brick.v1.Replica.Read:input_type -> brick.v1.ReadRequest
+	24, // 24: brick.v1.Replica.OpsSince:input_type -> brick.v1.OpsSinceRequest
+	3,  // 25: brick.v1.Replica.Snapshot:input_type -> brick.v1.SnapshotRequest
+	8,  // 26: brick.v1.Replica.Resync:input_type -> brick.v1.ResyncRequest
+	12, // 27: brick.v1.Replica.Fence:output_type -> brick.v1.FenceResponse
+	14, // 28: brick.v1.Replica.Replicate:output_type -> brick.v1.ReplicateAck
+	21, // 29: brick.v1.Replica.Meta:output_type -> brick.v1.MetaResponse
+	23, // 30: brick.v1.Replica.Read:output_type -> brick.v1.ReadResponse
+	15, // 31: brick.v1.Replica.OpsSince:output_type -> brick.v1.Op
+	4,  // 32: brick.v1.Replica.Snapshot:output_type -> brick.v1.SnapshotPart
+	9,  // 33: brick.v1.Replica.Resync:output_type -> brick.v1.ResyncResponse
+	27, // [27:34] is the sub-list for method output_type
+	20, // [20:27] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_replica_proto_init() }

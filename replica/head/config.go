@@ -105,6 +105,26 @@ func (e *ReadOnlyError) Error() string { return "volume read-only: " + e.Reason 
 // Unwrap makes errors.Is(err, ErrReadOnly) and errors.Is(err, syscall.EROFS) hold.
 func (e *ReadOnlyError) Unwrap() []error { return []error{ErrReadOnly, syscall.EROFS} }
 
+// LostOpsError says that ops acknowledged before any brick applied them
+// (writes, and whatever else went through Head.Submit) failed when the
+// primary applied them: the Sync that reports it fails with EIO, as fsync
+// does after a failed write-back.
+type LostOpsError struct {
+	Ops     []string // what failed, oldest first
+	Dropped int      // more failures than Ops lists
+}
+
+func (e *LostOpsError) Error() string {
+	msg := "ops acknowledged before they were applied failed on the primary brick: " + strings.Join(e.Ops, "; ")
+	if e.Dropped > 0 {
+		msg += fmt.Sprintf(" (and %d more)", e.Dropped)
+	}
+	return msg
+}
+
+// Unwrap makes errors.Is(err, syscall.EIO) hold.
+func (e *LostOpsError) Unwrap() error { return syscall.EIO }
+
 // Config is everything a head needs to start at an epoch. ISR and StartSeq
 // come from fencing: the attach code fenced every ISR brick at Epoch and
 // brought them level at StartSeq before starting the head.
@@ -148,6 +168,13 @@ type Config struct {
 	// MaxBatchBytes caps one stream message (the driver splits bigger
 	// batches; an op bigger than it travels alone).
 	MaxBatchBytes int
+	// Linger is how long the driver may hold back ops nobody waits for
+	// yet (writes, creates answered by the mount) to send them in one
+	// stream message with the ones that follow: fewer, bigger batches
+	// cost every brick fewer commits and wake-ups per op. An op with a
+	// waiter, a sync, a full batch or a read (Head.Hurry) sends at once.
+	// 0 sends every op as soon as it is sequenced.
+	Linger time.Duration
 	// HealRetry is how often the head tries again to open a stream to a
 	// placement brick outside the ISR that it could not reach (or that
 	// needs a full resync), and to read an op log after a failed read.

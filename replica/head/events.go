@@ -129,6 +129,10 @@ type Send struct {
 	Brick string
 	Gen   uint64
 	Ops   []*brickpb.Op
+	// MayLinger: nobody waits for these ops yet (each was answered when
+	// sequenced), so the driver may hold them back briefly to send them
+	// with the ones that follow (Config.Linger).
+	MayLinger bool
 }
 
 // Complete answers a waiter: exactly once per waiter, ever.

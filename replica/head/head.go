@@ -114,8 +114,12 @@ type Head struct {
 	m       *Machine
 	waiters map[uint64]chan completion
 	conns   map[connKey]*conn
-	fetches map[connKey]context.CancelFunc // by brick and fetch ID
-	watches []*watch
+
+	hurrySeq  atomic.Uint64 // ops up to it are sent without lingering (Hurry)
+	lingerMu  sync.Mutex
+	lingerers map[*conn]struct{}             // senders holding ops back (Config.Linger)
+	fetches   map[connKey]context.CancelFunc // by brick and fetch ID
+	watches   []*watch
 }
 
 type completion struct {
@@ -174,17 +178,18 @@ func Start(ctx context.Context, cfg Config, tr Transport, ctl Control, clk Clock
 	}
 	h := &Head{
 		cfg: cfg, tr: tr, ctl: ctl, clk: clk,
-		log:     cfg.Logger.With("volume", cfg.Volume, "epoch", cfg.Epoch),
-		reqs:    make(chan request),
-		events:  make(chan Event, 64),
-		quit:    make(chan struct{}),
-		done:    make(chan struct{}),
-		changed: make(chan struct{}),
-		m:       m,
-		primary: m.Primary(),
-		waiters: map[uint64]chan completion{},
-		conns:   map[connKey]*conn{},
-		fetches: map[connKey]context.CancelFunc{},
+		log:       cfg.Logger.With("volume", cfg.Volume, "epoch", cfg.Epoch),
+		reqs:      make(chan request),
+		events:    make(chan Event, 64),
+		quit:      make(chan struct{}),
+		done:      make(chan struct{}),
+		changed:   make(chan struct{}),
+		m:         m,
+		primary:   m.Primary(),
+		waiters:   map[uint64]chan completion{},
+		conns:     map[connKey]*conn{},
+		lingerers: map[*conn]struct{}{},
+		fetches:   map[connKey]context.CancelFunc{},
 	}
 	h.ctx, h.cancel = context.WithCancel(ctx)
 	h.afterSeq.Store(cfg.StartSeq)
@@ -215,10 +220,26 @@ func (h *Head) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error
 	return c.res, c.err
 }
 
+// Submit sequences op (filling Seq and Epoch) and returns its sequence
+// number without waiting for any brick, as Do does for OP_WRITE: the
+// caller answers the op itself, knowing it cannot fail as a POSIX
+// operation. Should the primary fail it all the same, the next Sync that
+// covers it fails with a *LostOpsError (EIO). Ownership and errors as Do.
+func (h *Head) Submit(ctx context.Context, op *brickpb.Op) (uint64, error) {
+	if op == nil || op.Type == brickpb.OpType_OP_UNSPECIFIED || op.Type == brickpb.OpType_OP_SYNC {
+		return 0, fmt.Errorf("submit %v: %w: use Sync for OP_SYNC", op.GetType(), ErrInvalid)
+	}
+	c := h.call(ctx, func(w uint64) Event { return Submit{Op: op, Waiter: w} })
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.res.GetSeq(), nil
+}
+
 // Sync returns once every op submitted before it is fsync'd on every brick
 // of the ISR as committed in Raft (promise 1). Errors: FencedError,
-// ReadOnlyError (not durable everywhere and the ISR cannot shrink), ErrClosed,
-// ctx's error.
+// ReadOnlyError (not durable everywhere and the ISR cannot shrink),
+// LostOpsError (an op acknowledged early failed), ErrClosed, ctx's error.
 func (h *Head) Sync(ctx context.Context) error {
 	return h.call(ctx, func(w uint64) Event { return SyncReq{Waiter: w} }).err
 }
@@ -279,6 +300,37 @@ func (h *Head) HeldWithin(d time.Duration) bool {
 	}
 	at := h.ackAt.Load()
 	return at >= 0 && h.clk.Now().Sub(h.born)-time.Duration(at) < d
+}
+
+// Hurry sends at once whatever ops are lingering (Config.Linger): a read
+// that must see them is about to wait for a brick to apply them.
+func (h *Head) Hurry() {
+	if h.cfg.Linger <= 0 {
+		return
+	}
+	// Ops sequenced by now but not handed to a sender yet go at once too.
+	for seq := h.afterSeq.Load(); ; {
+		cur := h.hurrySeq.Load()
+		if cur >= seq || h.hurrySeq.CompareAndSwap(cur, seq) {
+			break
+		}
+	}
+	h.lingerMu.Lock()
+	defer h.lingerMu.Unlock()
+	for c := range h.lingerers {
+		c.hurry()
+	}
+}
+
+// lingering records that c's sender holds ops back (on) or stopped.
+func (h *Head) lingering(c *conn, on bool) {
+	h.lingerMu.Lock()
+	defer h.lingerMu.Unlock()
+	if on {
+		h.lingerers[c] = struct{}{}
+	} else {
+		delete(h.lingerers, c)
+	}
 }
 
 // NewFID reserves a fresh file ID.
@@ -483,7 +535,7 @@ func (h *Head) do(a Action) {
 	switch a := a.(type) {
 	case Send:
 		if c := h.conns[connKey{a.Brick, a.Gen}]; c != nil {
-			c.enqueue(a.Ops)
+			c.enqueue(a.Ops, !a.MayLinger)
 		}
 	case Complete:
 		if ch, ok := h.waiters[a.Waiter]; ok {
@@ -614,24 +666,64 @@ const (
 // conn is one open stream: a sender goroutine batching what the loop
 // queued, and a receiver goroutine posting acks.
 type conn struct {
-	h     *Head
-	key   connKey
-	s     Stream
-	mu    sync.Mutex
-	queue []*brickpb.Op
-	wake  chan struct{}
-	stop  chan struct{}
-	once  sync.Once
+	h      *Head
+	key    connKey
+	s      Stream
+	mu     sync.Mutex
+	queue  []*brickpb.Op
+	queued int64 // opSize of queue
+	urgent bool  // something in queue must go now
+	wake   chan struct{}
+	stop   chan struct{}
+	once   sync.Once
 }
 
-func (c *conn) enqueue(ops []*brickpb.Op) {
+// enqueue queues ops for the sender; urgent ones (somebody waits for
+// them) end any linger.
+func (c *conn) enqueue(ops []*brickpb.Op, urgent bool) {
 	c.mu.Lock()
 	c.queue = append(c.queue, ops...)
+	for _, op := range ops {
+		c.queued += opSize(op)
+	}
+	c.urgent = c.urgent || urgent
 	c.mu.Unlock()
+	c.poke()
+}
+
+func (c *conn) poke() {
 	select {
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// hurry ends a linger: a reader waits for what is queued.
+func (c *conn) hurry() {
+	c.mu.Lock()
+	some := len(c.queue) > 0
+	c.urgent = c.urgent || some
+	c.mu.Unlock()
+	if some {
+		c.poke()
+	}
+}
+
+// take empties the queue if it should go now: it is urgent or a full
+// batch, or it has lingered long enough (late). empty reports that there
+// was nothing to take.
+func (c *conn) take(limit int64, late bool) (ops []*brickpb.Op, empty bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.queue) == 0 {
+		return nil, true
+	}
+	if !(late || c.urgent || c.queued >= limit || c.queue[0].Seq <= c.h.hurrySeq.Load()) {
+		return nil, false
+	}
+	ops = c.queue
+	c.queue, c.queued, c.urgent = nil, 0, false
+	return ops, false
 }
 
 func (c *conn) close() {
@@ -653,29 +745,70 @@ func (c *conn) closed() bool {
 func (c *conn) sendLoop() {
 	defer c.h.wg.Done()
 	limit := int64(c.h.cfg.MaxBatchBytes)
+	linger := c.h.cfg.Linger
+	var timer *time.Timer
+	if linger > 0 {
+		timer = time.NewTimer(linger)
+		timer.Stop()
+		defer timer.Stop()
+	}
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-c.wake:
 		}
-		c.mu.Lock()
-		ops := c.queue
-		c.queue = nil
-		c.mu.Unlock()
-		for len(ops) > 0 {
-			n, size := 0, int64(0)
-			for n < len(ops) && (n == 0 || size+opSize(ops[n]) <= limit) {
-				size += opSize(ops[n])
-				n++
-			}
-			if err := c.s.Send(ops[:n]); err != nil {
-				c.fail(fmt.Errorf("send to brick %s: %w", c.key.brick, err))
+		if linger <= 0 {
+			ops, _ := c.take(limit, true)
+			if err := c.send(ops, limit); err != nil {
+				c.fail(err)
 				return
 			}
-			ops = ops[n:]
+			continue
+		}
+		c.h.lingering(c, true) // before take: a Hurry from now on is seen
+		ops, empty := c.take(limit, false)
+		if ops == nil && !empty {
+			// Only this goroutine empties the queue: it stays non-empty
+			// until take hands it over, at the latest once late.
+			timer.Reset(linger)
+			late := false
+			for ops == nil {
+				select {
+				case <-c.stop:
+					c.h.lingering(c, false)
+					return
+				case <-c.wake:
+				case <-timer.C:
+					late = true
+				}
+				ops, _ = c.take(limit, late)
+			}
+			timer.Stop()
+		}
+		c.h.lingering(c, false)
+		if err := c.send(ops, limit); err != nil {
+			c.fail(err)
+			return
 		}
 	}
+}
+
+// send sends ops in messages of at most limit bytes (an op bigger than
+// that goes alone).
+func (c *conn) send(ops []*brickpb.Op, limit int64) error {
+	for len(ops) > 0 {
+		n, size := 0, int64(0)
+		for n < len(ops) && (n == 0 || size+opSize(ops[n]) <= limit) {
+			size += opSize(ops[n])
+			n++
+		}
+		if err := c.s.Send(ops[:n]); err != nil {
+			return fmt.Errorf("send to brick %s: %w", c.key.brick, err)
+		}
+		ops = ops[n:]
+	}
+	return nil
 }
 
 func (c *conn) recvLoop() {

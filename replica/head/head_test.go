@@ -596,3 +596,44 @@ func TestHeldWithinFollowsAcksOfThisEpoch(t *testing.T) {
 		t.Fatal("a fenced head still holds its epoch")
 	}
 }
+
+// With a linger, ops nobody waits for are held back and go in one message
+// with what follows, until somebody waits: a read (Hurry), an op whose
+// result is awaited, or a sync. The linger here is an hour, so only those
+// can have sent anything.
+func TestLingerBatchesUntilSomebodyWaits(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.Linger = time.Hour })
+	ids := []string{"a", "b", "c"}
+	for i := 0; i < 20; i++ {
+		r.do(write(10))
+	}
+	for _, id := range ids {
+		if n := len(r.net.Brick(id).Ops()); n != 0 {
+			t.Fatalf("brick %s got %d ops while they linger", id, n)
+		}
+	}
+	r.h.Hurry() // a reader is about to wait for seq 20
+	for _, id := range ids {
+		r.waitBrick(id, 20)
+		if n := r.net.Brick(id).Sends(); n != 1 {
+			t.Fatalf("brick %s: 20 lingering writes came in %d messages, want 1", id, n)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		r.do(write(10))
+	}
+	if res := r.do(mkdir("d")); res.Seq != 26 { // waits for the primary's result
+		t.Fatalf("mkdir: %+v", res)
+	}
+	for _, id := range ids {
+		r.waitBrick(id, 26)
+		if n := r.net.Brick(id).Sends(); n != 2 {
+			t.Fatalf("brick %s: writes and the awaited mkdir after them came in %d more messages, want 1", id, n-1)
+		}
+	}
+	r.do(write(10))
+	if err := result(t, async(func() error { return r.h.Sync(context.Background()) }), "sync"); err != nil {
+		t.Fatal(err)
+	}
+	checkGapless(t, r.net, 28, ids...)
+}

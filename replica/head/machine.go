@@ -40,6 +40,9 @@ type Machine struct {
 	waiting  []uint64 // seqs with a result waiter, ascending (lazily cleaned)
 	backlog  []pending
 	syncs    []syncWait // ascending seq
+	lost     []lostOp   // early-answered ops that failed, not reported yet
+	lostN    int        // failures not kept in lost (bounded)
+	reported lostReport // the last report, for waiters sharing its barrier
 	lastSync uint64     // seq of the last OP_SYNC barrier
 	syncAt   time.Time  // when it was sequenced
 
@@ -99,6 +102,7 @@ type entry struct {
 	size    int64
 	cum     int64                        // seqBytes once it was sequenced
 	waiter  uint64                       // 0 once answered (or none)
+	early   bool                         // answered when sequenced (Submit without WantResult)
 	results map[string]*brickpb.OpResult // by brick
 }
 
@@ -109,6 +113,20 @@ type pending struct {
 	want   bool
 	size   int64
 }
+
+// lostOp is an early-answered op the primary failed.
+type lostOp struct {
+	seq  uint64
+	desc string
+}
+
+type lostReport struct {
+	seq uint64
+	err error
+}
+
+// maxLost bounds the failures a report lists.
+const maxLost = 16
 
 type syncWait struct {
 	waiter, seq uint64
@@ -291,7 +309,7 @@ func (m *Machine) syncReq(e SyncReq) {
 	if m.readOnly != "" {
 		if m.durable(m.lastSeq) {
 			m.covered = max(m.covered, m.lastSeq)
-			m.complete(e.Waiter, nil, nil)
+			m.complete(e.Waiter, nil, m.lostBy(m.lastSeq))
 		} else {
 			m.complete(e.Waiter, nil, &ReadOnlyError{Reason: m.readOnly})
 		}
@@ -319,6 +337,7 @@ func (m *Machine) admit() {
 			e.waiter = p.waiter
 			m.waiting = append(m.waiting, e.op.Seq)
 		} else {
+			e.early = true
 			m.complete(p.waiter, &brickpb.OpResult{Seq: e.op.Seq}, nil)
 		}
 	}
@@ -329,7 +348,7 @@ func (m *Machine) admit() {
 func (m *Machine) barrier(w uint64) {
 	if m.durable(m.lastSeq) {
 		m.covered = max(m.covered, m.lastSeq)
-		m.complete(w, nil, nil)
+		m.complete(w, nil, m.lostBy(m.lastSeq))
 		return
 	}
 	if m.lastSync != m.lastSeq {
@@ -384,7 +403,7 @@ func (m *Machine) checkSyncs() {
 	n := 0
 	for n < len(m.syncs) && m.durable(m.syncs[n].seq) {
 		m.covered = max(m.covered, m.syncs[n].seq)
-		m.complete(m.syncs[n].waiter, nil, nil)
+		m.complete(m.syncs[n].waiter, nil, m.lostBy(m.syncs[n].seq))
 		n++
 	}
 	m.syncs = m.syncs[n:]
@@ -398,10 +417,13 @@ func (m *Machine) flush() {
 			continue
 		}
 		ops := make([]*brickpb.Op, 0, m.lastSeq-b.sent)
+		linger := true
 		for s := b.sent + 1; s <= m.lastSeq; s++ {
-			ops = append(ops, m.entry(s).op)
+			e := m.entry(s)
+			ops = append(ops, e.op)
+			linger = linger && e.early
 		}
-		m.emit(Send{Brick: id, Gen: b.gen, Ops: ops})
+		m.emit(Send{Brick: id, Gen: b.gen, Ops: ops, MayLinger: linger})
 		b.sent = m.lastSeq
 	}
 }
@@ -545,6 +567,9 @@ func (m *Machine) result(b *brick, r *brickpb.OpResult) {
 	if b.id == m.primary {
 		m.answer(e, r)
 		m.compare(e)
+		if e.early && r.Errno != 0 && !moot(e.op, r.Errno) {
+			m.noteLost(e, r.Errno)
+		}
 	} else if p := e.results[m.primary]; p != nil && p.Errno != r.Errno {
 		m.diverged(b.id, e, r.Errno, p.Errno)
 	}
@@ -611,6 +636,67 @@ func (m *Machine) answerApplied() {
 		}
 		m.waiting = m.waiting[1:]
 	}
+}
+
+// noteLost records that early-answered op e failed on the primary with
+// errno: nobody was told yet, so the next Sync covering it reports it.
+// Every replica fails an op alike (a brick's own trouble breaks its stream
+// instead), so the primary's errno is the op's.
+func (m *Machine) noteLost(e *entry, errno uint32) {
+	op := e.op
+	desc := fmt.Sprintf("op %d (%s of file %d", op.Seq, op.Type, op.Fid)
+	if op.Name != "" {
+		desc += fmt.Sprintf(", name %q in directory %d", op.Name, op.Parent)
+	}
+	desc += "): " + syscall.Errno(errno).Error()
+	m.log.Error("an op acknowledged before it was applied failed on the primary brick; the next fsync reports EIO",
+		"seq", op.Seq, "op", op.Type.String(), "fid", op.Fid, "errno", syscall.Errno(errno).Error())
+	if len(m.lost) >= maxLost {
+		m.lostN++
+		return
+	}
+	m.lost = append(m.lost, lostOp{seq: op.Seq, desc: desc})
+}
+
+// moot: op changed a file by its ID alone and the file no longer exists
+// (ENOENT), so nothing it would have changed can be read any more — a
+// write or a times update the kernel flushes after the file's last name
+// went is not a loss. A create that fails, by contrast, is a lost file.
+func moot(op *brickpb.Op, errno uint32) bool {
+	if errno != uint32(syscall.ENOENT) || op.Parent != 0 || op.NewParent != 0 {
+		return false
+	}
+	switch op.Type {
+	case brickpb.OpType_OP_WRITE, brickpb.OpType_OP_SETATTR, brickpb.OpType_OP_TRUNCATE,
+		brickpb.OpType_OP_FALLOCATE, brickpb.OpType_OP_SETXATTR, brickpb.OpType_OP_REMOVEXATTR:
+		return true
+	}
+	return false
+}
+
+// lostBy returns the error a Sync covering every op ≤ seq completes with:
+// the early-answered ops ≤ seq that failed and no Sync reported yet (and
+// the same to every waiter of the barrier that reported them), else nil.
+func (m *Machine) lostBy(seq uint64) error {
+	var err LostOpsError
+	keep := m.lost[:0]
+	for _, l := range m.lost {
+		if l.seq <= seq {
+			err.Ops = append(err.Ops, l.desc)
+		} else {
+			keep = append(keep, l)
+		}
+	}
+	m.lost = keep
+	if len(err.Ops) > 0 {
+		err.Dropped, m.lostN = m.lostN, 0
+		m.reported = lostReport{seq: seq, err: &err}
+		return &err
+	}
+	if m.reported.err != nil && m.reported.seq == seq {
+		return m.reported.err
+	}
+	return nil
 }
 
 // fallback answers a waiter whose op no ISR brick will report a result for

@@ -3,6 +3,7 @@ package head
 import (
 	"errors"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -352,5 +353,71 @@ func TestConfigValidateNamesField(t *testing.T) {
 	c.MinISR = 3
 	if err := c.Validate(); err == nil || !containsAll(err.Error(), "MinISR") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// An op answered when it was sequenced (a write, or a create the mount
+// answered itself) that the primary then fails is reported, as EIO, by the
+// first Sync covering it, to every waiter of that barrier, and only then.
+func TestMachineReportsEarlyOpsThatFailed(t *testing.T) {
+	h := newMH(t, nil)
+	h.allUp()
+	h.step(Submit{Op: write(1), Waiter: 1})                     // seq 1, fails
+	h.step(SyncReq{Waiter: 2})                                  // barrier seq 2
+	h.step(Submit{Op: mkdir("d"), Waiter: 3})                   // seq 3, early, fails
+	h.step(Submit{Op: mkdir("e"), Waiter: 4, WantResult: true}) // seq 4: its waiter is told
+	h.step(SyncReq{Waiter: 5})                                  // barrier seq 5
+	h.step(SyncReq{Waiter: 6})                                  // shares it
+	efbig := &brickpb.OpResult{Seq: 1, Errno: uint32(syscall.EFBIG)}
+	// A non-primary's report alone says nothing: only the primary's counts.
+	h.ack("b", 2, 2, efbig, &brickpb.OpResult{Seq: 2})
+	h.ack("c", 2, 2, efbig, &brickpb.OpResult{Seq: 2})
+	h.ack("a", 2, 2, efbig, &brickpb.OpResult{Seq: 2})
+	c2 := h.done[2]
+	var lost *LostOpsError
+	if !errors.As(c2.Err, &lost) || !errors.Is(c2.Err, syscall.EIO) || len(lost.Ops) != 1 {
+		t.Fatalf("sync covering a failed early write: %v, want a LostOpsError (EIO) naming it", c2.Err)
+	}
+	res := []*brickpb.OpResult{{Seq: 3, Errno: uint32(syscall.EEXIST)}, {Seq: 4, Errno: uint32(syscall.EEXIST)}, {Seq: 5}}
+	for _, id := range []string{"b", "c"} {
+		h.ack(id, 5, 5, res...)
+	}
+	if _, ok := h.done[5]; ok {
+		t.Fatal("sync completed before the primary synced")
+	}
+	h.ack("a", 5, 5, res...)
+	if c := h.done[4]; c.Err != nil || c.Result.GetErrno() != uint32(syscall.EEXIST) {
+		t.Fatalf("waited-for op: %+v, want its errno", c)
+	}
+	for _, w := range []uint64{5, 6} {
+		err := h.done[w].Err
+		if !errors.As(err, &lost) || len(lost.Ops) != 1 || !strings.Contains(lost.Ops[0], `op 3 (OP_MKDIR`) {
+			t.Fatalf("waiter %d of the barrier covering the failed early mkdir: %v", w, err)
+		}
+	}
+	h.step(Submit{Op: write(1), Waiter: 7})
+	h.step(SyncReq{Waiter: 8})
+	for _, id := range []string{"a", "b", "c"} {
+		h.ack(id, 7, 7, &brickpb.OpResult{Seq: 6}, &brickpb.OpResult{Seq: 7})
+	}
+	if err := h.done[8].Err; err != nil {
+		t.Fatalf("a failure is reported once; the next sync got %v", err)
+	}
+}
+
+// A write or setattr the primary failed with ENOENT changed a file that no
+// longer exists: nothing readable was lost, and no fsync fails for it.
+func TestMachineEarlyOpOnGoneFileIsNotLost(t *testing.T) {
+	h := newMH(t, nil)
+	h.allUp()
+	h.step(Submit{Op: write(1), Waiter: 1})
+	h.step(Submit{Op: &brickpb.Op{Type: brickpb.OpType_OP_SETATTR, Fid: 2, Valid: 32}, Waiter: 2})
+	h.step(SyncReq{Waiter: 3})
+	gone := uint32(syscall.ENOENT)
+	for _, id := range []string{"a", "b", "c"} {
+		h.ack(id, 3, 3, &brickpb.OpResult{Seq: 1, Errno: gone}, &brickpb.OpResult{Seq: 2, Errno: gone}, &brickpb.OpResult{Seq: 3})
+	}
+	if c, ok := h.done[3]; !ok || c.Err != nil {
+		t.Fatalf("sync after ops on a file that is gone: %+v (done %v)", c, ok)
 	}
 }

@@ -1,0 +1,135 @@
+package fuse
+
+import (
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/brickvol/brick/proto/brickpb"
+)
+
+func dirEnt(name string, fid uint64, mode uint32) *brickpb.DirEntry {
+	return &brickpb.DirEntry{Name: name, Fid: fid, Mode: mode & syscall.S_IFMT,
+		Attr: &brickpb.Attr{Fid: fid, Mode: mode, Nlink: 1}}
+}
+
+func TestListingsKeepLookupTouch(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newListings(time.Second, 100)
+	l.now = func() time.Time { return now }
+	// Directory 1 holds a (fid 10), b (fid 11) and sub (fid 12); sub holds
+	// c and a second name of a.
+	s := l.begin()
+	l.keep(1, s, []*brickpb.DirEntry{dirEnt("a", 10, syscall.S_IFREG|0o644), dirEnt("b", 11, syscall.S_IFREG|0o600),
+		dirEnt("sub", 12, syscall.S_IFDIR|0o755)})
+	s = l.begin()
+	l.keep(12, s, []*brickpb.DirEntry{dirEnt("c", 13, syscall.S_IFREG|0o644), dirEnt("a2", 10, syscall.S_IFREG|0o644)})
+	if a := l.lookup(1, "b"); a == nil || a.Fid != 11 {
+		t.Fatalf("lookup b: %v", a)
+	}
+	if a := l.lookup(1, "missing"); a != nil {
+		t.Fatalf("a name the listing lacks is not answered: %v", a)
+	}
+	// A write to a drops both of its names, nothing else.
+	l.touch(&brickpb.Op{Type: brickpb.OpType_OP_WRITE, Fid: 10})
+	if l.lookup(1, "a") != nil || l.lookup(12, "a2") != nil || l.lookup(1, "b") == nil || l.lookup(12, "c") == nil {
+		t.Fatal("a write dropped the wrong entries")
+	}
+	// A create in sub changes sub (its entry in 1), not its other names.
+	l.touch(&brickpb.Op{Type: brickpb.OpType_OP_CREATE, Parent: 12, Name: "new", Fid: 14})
+	if l.lookup(1, "sub") != nil || l.lookup(12, "c") == nil {
+		t.Fatal("a create in sub should drop sub's own entry only")
+	}
+	// An unlink by name drops what stood there.
+	l.touch(&brickpb.Op{Type: brickpb.OpType_OP_UNLINK, Parent: 12, Name: "c"})
+	if l.lookup(12, "c") != nil {
+		t.Fatal("unlinked name still answered")
+	}
+	// A rename drops what stood at both names.
+	l.touch(&brickpb.Op{Type: brickpb.OpType_OP_RENAME, Parent: 7, Name: "x", NewParent: 1, NewName: "b"})
+	if l.lookup(1, "b") != nil {
+		t.Fatal("name replaced by a rename still answered")
+	}
+	// A change between begin and keep: not kept.
+	s = l.begin()
+	l.touch(&brickpb.Op{Type: brickpb.OpType_OP_SETATTR, Fid: 99})
+	l.keep(20, s, []*brickpb.DirEntry{dirEnt("z", 30, syscall.S_IFREG)})
+	if l.lookup(20, "z") != nil {
+		t.Fatal("a listing that raced a change was kept")
+	}
+	// Kept no longer than the time to live.
+	s = l.begin()
+	l.keep(21, s, []*brickpb.DirEntry{dirEnt("y", 31, syscall.S_IFREG)})
+	now = now.Add(time.Second)
+	if l.lookup(21, "y") != nil {
+		t.Fatal("an expired listing answered")
+	}
+	// Bounded: a listing longer than a quarter of the bound is not kept.
+	var big []*brickpb.DirEntry
+	for i := range 30 {
+		big = append(big, dirEnt(string(rune('A'+i)), uint64(100+i), syscall.S_IFREG))
+	}
+	s = l.begin()
+	l.keep(22, s, big)
+	if l.lookup(22, "A") != nil {
+		t.Fatal("an oversized listing was kept")
+	}
+	if l.held < 0 || l.held > l.max {
+		t.Fatalf("held %d", l.held)
+	}
+}
+
+// After a listing, the kernel's lookup of every entry (ls -l, find, du)
+// is answered from it; a change through the mount is seen at once.
+func TestListingAnswersLookups(t *testing.T) {
+	requireFUSE(t)
+	b := newMemBackend()
+	_, dir := mount(t, b, Options{})
+	sub := filepath.Join(dir, "d")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b", "c", "e", "f"} {
+		if err := os.WriteFile(filepath.Join(sub, n), []byte(n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Drop the kernel's dentries, so that what follows must look up.
+	if err := os.Rename(sub, filepath.Join(dir, "d2")); err != nil {
+		t.Fatal(err)
+	}
+	sub = filepath.Join(dir, "d2")
+	b.mu.Lock()
+	before := b.lookups
+	b.mu.Unlock()
+	ents, err := os.ReadDir(sub)
+	if err != nil || len(ents) != 5 {
+		t.Fatalf("readdir: %v %v", ents, err)
+	}
+	for _, e := range ents {
+		if _, err := os.Lstat(filepath.Join(sub, e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.mu.Lock()
+	asked := b.lookups - before
+	b.mu.Unlock()
+	if asked != 0 {
+		t.Errorf("%d lookups reached the backend after a listing of 5 names, want 0", asked)
+	}
+	if err := os.Chmod(filepath.Join(sub, "c"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(sub, "e"), filepath.Join(sub, "e2")); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(filepath.Join(sub, "c"), &st); err != nil || st.Mode&0o777 != 0o600 {
+		t.Errorf("after chmod: mode %o %v", st.Mode, err)
+	}
+	if err := syscall.Lstat(filepath.Join(sub, "e"), &st); err != nil || st.Nlink != 2 {
+		t.Errorf("after link: nlink %d %v", st.Nlink, err)
+	}
+}
