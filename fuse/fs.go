@@ -70,6 +70,11 @@ func newFileSystem(b Backend, opts Options) *fileSystem {
 // each).
 const listingsMax = 1 << 16
 
+// listingsMaxDirSize: a directory bigger than this (st_size, ext4's and
+// xfs's grow with the entries) is listed without attributes, as its
+// listing would be too long to keep.
+const listingsMaxDirSize = 1 << 20
+
 // Backend calls are never cancelled by the kernel's interrupts: an op that
 // was submitted may be applied already and must report its real result,
 // and the backend bounds every call with its own timeouts.

@@ -560,6 +560,12 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	var since uint64
 	l := n.fsys.lists
+	n.mu.Lock()
+	big := n.last.GetSize() > listingsMaxDirSize
+	n.mu.Unlock()
+	if big {
+		l = nil // too big to keep: spare the brick a stat per entry
+	}
 	if l != nil {
 		since = l.begin()
 	}

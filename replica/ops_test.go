@@ -651,3 +651,25 @@ func TestReaddirWithAttrsMatchesLookup(t *testing.T) {
 		}
 	}
 }
+
+// A file being forgotten loses its fids/ link before its cached
+// descriptor: a reader in between hears ENOENT, as after, not ENOTDIR
+// (seen as a failed open in posixtest's OpenSymlinkRace on a shared
+// volume).
+func TestReaderBetweenForgetSteps(t *testing.T) {
+	r := newTest(t)
+	must(t, r, createOp(1, "f", 2, 0o644)) // the create caches its descriptor
+	if _, err := readAll(t, r, 2); err != 0 {
+		t.Fatal(err)
+	}
+	must(t, r, unlinkOp(1, "f"))
+	// dropFIDLink's first step, alone.
+	if err := unix.Unlinkat(r.fidsFD, fidName(2), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []brickpb.MetaKind{brickpb.MetaKind_META_GETATTR, brickpb.MetaKind_META_READLINK, brickpb.MetaKind_META_LISTXATTR} {
+		if resp := meta(t, r, &brickpb.MetaRequest{Kind: kind, Fid: 2}); resp.Errno != uint32(unix.ENOENT) {
+			t.Errorf("%v of a file being forgotten: errno %d, want ENOENT", kind, resp.Errno)
+		}
+	}
+}

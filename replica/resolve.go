@@ -97,6 +97,12 @@ func (r *Replica) walkDir(fid uint64) (*openFD, error) {
 			return o, nil
 		}
 		o.release()
+		// A file, but it may be one being forgotten: its fids/ link is
+		// gone before its cached descriptor (dropFIDLink), and a reader
+		// in between must hear ENOENT, as after.
+		if _, err := lstatAt(r.fidsFD, fidName(fid)); err == unix.ENOENT {
+			return nil, unix.ENOENT
+		}
 		return nil, unix.ENOTDIR
 	}
 	gen := r.fds.generation()
