@@ -99,10 +99,10 @@ func TestSetattrEarly(t *testing.T) {
 	}
 }
 
-// Removing a file's only name when nothing holds it open is answered
-// without waiting and forgets the file in the same op; a file with a
-// second name or an open descriptor waits for the backend's answer;
-// once that second name is its last, it goes early too.
+// Removing a file's only name is answered without waiting: when nothing
+// holds it open the op forgets it too, else the close does. A file with a
+// second name waits for the backend's answer; once that second name is
+// its last, it goes early too.
 func TestUnlinkEarly(t *testing.T) {
 	requireFUSE(t)
 	b := &submitBackend{memBackend: newMemBackend()}
@@ -127,7 +127,7 @@ func TestUnlinkEarly(t *testing.T) {
 	for _, s := range []struct {
 		name  string
 		early bool
-	}{{"a", true}, {"b", false}, {"b2", true}, {"c", false}} {
+	}{{"a", true}, {"b", false}, {"b2", true}, {"c", true}} {
 		before, _ := b.counts()
 		if err := os.Remove(filepath.Join(dir, s.name)); err != nil {
 			t.Fatal(err)
@@ -143,11 +143,23 @@ func TestUnlinkEarly(t *testing.T) {
 			t.Errorf("%s after unlink: %v", s.name, err)
 		}
 	}
-	b.memBackend.mu.Lock()
-	defer b.memBackend.mu.Unlock()
-	for fid, mf := range b.memBackend.files {
-		if mf.attr.Mode&syscall.S_IFMT == syscall.S_IFREG && mf.attr.Nlink == 0 && fid != cst.Ino { // c is still open
-			t.Errorf("file %d left behind unlinked and not forgotten", fid)
+	left := func() (fids []uint64) {
+		b.memBackend.mu.Lock()
+		defer b.memBackend.mu.Unlock()
+		for fid, mf := range b.memBackend.files {
+			if mf.attr.Mode&syscall.S_IFMT == syscall.S_IFREG && mf.attr.Nlink == 0 {
+				fids = append(fids, fid)
+			}
+		}
+		return fids
+	}
+	if l := left(); len(l) != 1 || l[0] != cst.Ino {
+		t.Errorf("unlinked files the backend still keeps: %v, want only c (%d), still open", l, cst.Ino)
+	}
+	f.Close() // the kernel forgets c now; so must the backend
+	for deadline := time.Now().Add(10 * time.Second); len(left()) > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("c not forgotten after its close: %v", left())
 		}
 	}
 }

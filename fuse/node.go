@@ -467,19 +467,23 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		defer ch.early.Unlock()
 	}
 	forget := known && ch.forgetWithUnlink()
+	s, canSubmit := n.fsys.b.(Submitter)
 	if forget {
 		op.Flags, op.Fid = brickpb.UnlinkForget, ch.fid()
-		if s, ok := n.fsys.b.(Submitter); ok {
-			// It cannot fail: on a volume only this host writes (which
-			// forgetWithUnlink checked), the name the kernel looked up is
-			// there and holds ch, and its only name. Nobody waits for it.
-			if err := n.fsys.submit(ctx, s, op); err != nil {
+	}
+	if canSubmit && (forget || known && ch.lastNameOpen()) {
+		// It cannot fail: on a volume only this host writes (which both
+		// checks include), the name the kernel looked up is there and
+		// holds ch, and it is ch's only name. Nobody waits for it; a file
+		// still open is forgotten once closed, as after a slow unlink.
+		if err := n.fsys.submit(ctx, s, op); err != nil {
+			if forget {
 				ch.keepAfterAll()
-				return n.fsys.fail("unlink", err, mutation, opAttrs(op)...)
 			}
-			ch.lostName(ctx, &brickpb.OpResult{Attr: &brickpb.Attr{Fid: ch.fid()}}, true)
-			return 0
+			return n.fsys.fail("unlink", err, mutation, opAttrs(op)...)
 		}
+		ch.lostName(ctx, &brickpb.OpResult{Attr: &brickpb.Attr{Fid: ch.fid()}}, forget)
+		return 0
 	}
 	res, errno := n.fsys.do(ctx, "unlink", op)
 	if errno != 0 {

@@ -56,6 +56,19 @@ func (n *node) forgetWithUnlink() bool {
 	return true
 }
 
+// lastNameOpen reports whether the name about to be unlinked is the last of
+// n, a file still open on a volume this host alone writes (where n's link
+// count is exact): the unlink's result is then known (no name left), only
+// the forget waits for the close.
+func (n *node) lastNameOpen() bool {
+	if n.IsDir() || n.fsys.opts.NoWritebackCache {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.opens > 0 && !n.gone && !n.unlinked && n.last.GetNlink() == 1
+}
+
 // keepAfterAll undoes forgetWithUnlink's mark.
 func (n *node) keepAfterAll() {
 	n.mu.Lock()

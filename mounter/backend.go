@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/brickvol/brick/fuse"
 	"github.com/brickvol/brick/namecache"
 	"github.com/brickvol/brick/proto/brickpb"
 	"github.com/brickvol/brick/replica/head"
@@ -210,6 +211,20 @@ func (b *backend) Read(ctx context.Context, fid uint64, off int64, size int) ([]
 		}
 	}
 	return nil, lastErr
+}
+
+// primeRoot lists the volume's root once, so that the name cache knows it
+// completely from the start: creates in the root (a database's journal,
+// a container's data directory) are answered early too, not only those in
+// directories this head made or listed. Best effort: a name added
+// meanwhile makes the listing not count (namecache.Listed), an error
+// leaves the cache as it was.
+func (b *backend) primeRoot(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := b.Meta(ctx, &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: fuse.RootFID}); err != nil {
+		b.log.Debug("listing the root for the name cache", "err", err)
+	}
 }
 
 // retryable: another brick may answer what this one could not.

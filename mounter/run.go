@@ -249,6 +249,7 @@ func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, a
 		log.Info("name cache", "lookups_answered", hits, "lookups_passed_on", misses, "names", names,
 			"ops_answered_early", be.answeredEarly.Load())
 	}
+	go be.primeRoot(rctx)
 	return &headRun{h: h, be: be, epoch: vol.Epoch, startSeq: to.StartSeq, stop: stop}, nil
 }
 
