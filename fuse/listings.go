@@ -26,6 +26,7 @@ type listings struct {
 	now     func() time.Time
 
 	mu      sync.Mutex
+	misses  map[uint64]time.Time   // directories with a lookup the listings could not answer, and when
 	changes uint64                 // touches, ever
 	dirs    map[uint64]*listing    // by directory file ID
 	byFID   map[uint64][]entryName // where each file ID is kept
@@ -44,7 +45,7 @@ type entryName struct {
 
 func newListings(ttl time.Duration, max int) *listings {
 	return &listings{ttl: ttl, max: max, maxList: max / 4, now: time.Now,
-		dirs: map[uint64]*listing{}, byFID: map[uint64][]entryName{}}
+		dirs: map[uint64]*listing{}, byFID: map[uint64][]entryName{}, misses: map[uint64]time.Time{}}
 }
 
 // begin is called before a listing is requested; pass its result to keep.
@@ -99,6 +100,28 @@ func (l *listings) lookup(dir uint64, name string) *brickpb.Attr {
 	}
 	return ls.entries[name]
 }
+
+// missed records a lookup in dir the listings could not answer and reports
+// whether it was the second within the time to live: then the directory is
+// being walked (stat of many names, after a dropped cache) and one listing
+// answers the lookups that follow better than a round trip each.
+func (l *listings) missed(dir uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if at, ok := l.misses[dir]; ok && now.Sub(at) < l.ttl {
+		delete(l.misses, dir)
+		return true
+	}
+	if len(l.misses) >= maxMisses {
+		clear(l.misses)
+	}
+	l.misses[dir] = now
+	return false
+}
+
+// maxMisses bounds the directories missed remembers.
+const maxMisses = 1024
 
 // touch drops everything op may change: the entries of every file ID it
 // names (its file, its directories, which gain or lose names and times)

@@ -133,3 +133,43 @@ func TestListingAnswersLookups(t *testing.T) {
 		t.Errorf("after link: nlink %d %v", st.Nlink, err)
 	}
 }
+
+// A directory walked name by name (stat after a dropped cache) is listed
+// once at its second lookup the listings could not answer, and the rest
+// are answered from that listing.
+func TestLookupsListAhead(t *testing.T) {
+	requireFUSE(t)
+	b := newMemBackend()
+	_, dir := mount(t, b, Options{})
+	sub := filepath.Join(dir, "d")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9"}
+	for _, n := range names {
+		if err := os.WriteFile(filepath.Join(sub, n), []byte(n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Drop the kernel's dentries (unused ones, on the whole machine), as
+	// the workload's stat phase does.
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("2"), 0); err != nil {
+		t.Skipf("SKIPPED: cannot drop the kernel's dentries: %v", err)
+	}
+	b.mu.Lock()
+	before := b.lookups
+	b.mu.Unlock()
+	for _, n := range names {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(sub, n), &st); err != nil || st.Size != int64(len(n)) {
+			t.Fatalf("%s: size %d, %v", n, st.Size, err)
+		}
+	}
+	b.mu.Lock()
+	asked := b.lookups - before
+	b.mu.Unlock()
+	// d itself, f0 and f1 (whose miss lists d) at most.
+	if asked > 3 {
+		t.Errorf("%d lookups reached the backend for 10 names of one directory, want at most 3", asked)
+	}
+}

@@ -114,7 +114,11 @@ func (n *node) Lookup(ctx context.Context, name string, out *gofuse.EntryOut) (*
 		return nil, syscall.ENAMETOOLONG
 	}
 	if l := n.fsys.lists; l != nil {
-		if a := l.lookup(n.fid(), name); a != nil {
+		a := l.lookup(n.fid(), name)
+		if a == nil && l.missed(n.fid()) && n.listAhead(ctx) {
+			a = l.lookup(n.fid(), name)
+		}
+		if a != nil {
 			fillAttr(a, &out.Attr)
 			return n.child(ctx, name, a), 0
 		}
@@ -556,6 +560,26 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		return nil, errno
 	}
 	return []byte(resp.Target), 0
+}
+
+// listAhead lists n with attributes for the lookups that follow
+// (listings.missed), unless n is too big to keep; it reports whether a
+// listing was kept.
+func (n *node) listAhead(ctx context.Context) bool {
+	l := n.fsys.lists
+	n.mu.Lock()
+	big := n.last.GetSize() > listingsMaxDirSize
+	n.mu.Unlock()
+	if big {
+		return false
+	}
+	since := l.begin()
+	resp, errno := n.fsys.meta(ctx, "lookup", &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: n.fid(), WithAttrs: true})
+	if errno != 0 {
+		return false
+	}
+	l.keep(n.fid(), since, resp.Entries)
+	return true
 }
 
 // Readdir lists the directory as it is when it is opened; the listing is
