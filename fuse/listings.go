@@ -101,10 +101,11 @@ func (l *listings) lookup(dir uint64, name string) *brickpb.Attr {
 	return ls.entries[name]
 }
 
-// missed records a lookup in dir the listings could not answer and reports
-// whether it was the second within the time to live: then the directory is
-// being walked (stat of many names, after a dropped cache) and one listing
-// answers the lookups that follow better than a round trip each.
+// missed records a lookup of an existing name in dir the listings could not
+// answer and reports whether it was the second within the time to live:
+// then the directory is being walked (stat of many names, after a dropped
+// cache) and one listing answers the lookups that follow better than a
+// round trip each.
 func (l *listings) missed(dir uint64) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -1,6 +1,7 @@
 package fuse
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -135,8 +136,9 @@ func TestListingAnswersLookups(t *testing.T) {
 }
 
 // A directory walked name by name (stat after a dropped cache) is listed
-// once at its second lookup the listings could not answer, and the rest
-// are answered from that listing.
+// once at its second lookup of an existing name the listings could not
+// answer, and the rest are answered from that listing; lookups of names
+// that do not exist (before each create) never list it.
 func TestLookupsListAhead(t *testing.T) {
 	requireFUSE(t)
 	b := newMemBackend()
@@ -168,8 +170,24 @@ func TestLookupsListAhead(t *testing.T) {
 	b.mu.Lock()
 	asked := b.lookups - before
 	b.mu.Unlock()
-	// d itself, f0 and f1 (whose miss lists d) at most.
+	// d itself, f0 and f1 (whose lookup lists d) at most.
 	if asked > 3 {
 		t.Errorf("%d lookups reached the backend for 10 names of one directory, want at most 3", asked)
+	}
+}
+
+func TestCreatesDoNotListAhead(t *testing.T) {
+	requireFUSE(t)
+	b := newMemBackend()
+	_, dir := mount(t, b, Options{})
+	for i := range 20 {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d", i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.lists != 0 {
+		t.Errorf("20 creates listed %d entries; the lookups before creates must not list", b.lists)
 	}
 }

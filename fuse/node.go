@@ -113,12 +113,9 @@ func (n *node) Lookup(ctx context.Context, name string, out *gofuse.EntryOut) (*
 	if len(name) > nameMax {
 		return nil, syscall.ENAMETOOLONG
 	}
-	if l := n.fsys.lists; l != nil {
-		a := l.lookup(n.fid(), name)
-		if a == nil && l.missed(n.fid()) && n.listAhead(ctx) {
-			a = l.lookup(n.fid(), name)
-		}
-		if a != nil {
+	l := n.fsys.lists
+	if l != nil {
+		if a := l.lookup(n.fid(), name); a != nil {
 			fillAttr(a, &out.Attr)
 			return n.child(ctx, name, a), 0
 		}
@@ -131,6 +128,12 @@ func (n *node) Lookup(ctx context.Context, name string, out *gofuse.EntryOut) (*
 	a := resp.Attr
 	if a == nil || a.Fid == 0 {
 		return nil, n.fsys.fail("lookup", errNoAttr, query, "parent", n.fid(), "name", name)
+	}
+	// A name that exists but was not kept: at the second in a while, the
+	// directory is being walked; list it for the lookups to come. Names
+	// that do not exist (the lookup before a create) never count.
+	if l != nil && l.missed(n.fid()) {
+		n.listAhead(ctx)
 	}
 	fillAttr(a, &out.Attr)
 	return n.child(ctx, name, a), 0
@@ -563,8 +566,8 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 // listAhead lists n with attributes for the lookups that follow
-// (listings.missed), unless n is too big to keep; it reports whether a
-// listing was kept.
+// (listings.missed), unless n is too big to keep; it reports whether it
+// listed.
 func (n *node) listAhead(ctx context.Context) bool {
 	l := n.fsys.lists
 	n.mu.Lock()
