@@ -85,23 +85,12 @@ func TestListingsKeepLookupTouch(t *testing.T) {
 // After a listing, the kernel's lookup of every entry (ls -l, find, du)
 // is answered from it; a change through the mount is seen at once.
 func TestListingAnswersLookups(t *testing.T) {
-	requireFUSE(t)
-	b := newMemBackend()
-	_, dir := mount(t, b, Options{})
-	sub := filepath.Join(dir, "d")
-	if err := os.Mkdir(sub, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []string{"a", "b", "c", "e", "f"} {
-		if err := os.WriteFile(filepath.Join(sub, n), []byte(n), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	b, sub := mountWithFiles(t, "a", "b", "c", "e", "f")
 	// Drop the kernel's dentries, so that what follows must look up.
-	if err := os.Rename(sub, filepath.Join(dir, "d2")); err != nil {
+	if err := os.Rename(sub, sub+"2"); err != nil {
 		t.Fatal(err)
 	}
-	sub = filepath.Join(dir, "d2")
+	sub += "2"
 	b.mu.Lock()
 	before := b.lookups
 	b.mu.Unlock()
@@ -140,19 +129,8 @@ func TestListingAnswersLookups(t *testing.T) {
 // answer, and the rest are answered from that listing; lookups of names
 // that do not exist (before each create) never list it.
 func TestLookupsListAhead(t *testing.T) {
-	requireFUSE(t)
-	b := newMemBackend()
-	_, dir := mount(t, b, Options{})
-	sub := filepath.Join(dir, "d")
-	if err := os.Mkdir(sub, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	names := []string{"f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9"}
-	for _, n := range names {
-		if err := os.WriteFile(filepath.Join(sub, n), []byte(n), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	b, sub := mountWithFiles(t, names...)
 	// Drop the kernel's dentries (unused ones, on the whole machine), as
 	// the workload's stat phase does.
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("2"), 0); err != nil {
@@ -190,4 +168,23 @@ func TestCreatesDoNotListAhead(t *testing.T) {
 	if b.lists != 0 {
 		t.Errorf("20 creates listed %d entries; the lookups before creates must not list", b.lists)
 	}
+}
+
+// mountWithFiles mounts a fresh memBackend and makes directory d in it
+// holding files of the given names (each containing its name).
+func mountWithFiles(t *testing.T, names ...string) (*memBackend, string) {
+	t.Helper()
+	requireFUSE(t)
+	b := newMemBackend()
+	_, dir := mount(t, b, Options{})
+	sub := filepath.Join(dir, "d")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if err := os.WriteFile(filepath.Join(sub, n), []byte(n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b, sub
 }
