@@ -32,6 +32,7 @@ const (
 	netBrickWipe
 	netProportional
 	netQuota
+	netLocalReads
 )
 
 // posixSkips are the posixtest cases that cannot pass on any brick mount;

@@ -84,6 +84,11 @@ type Config struct {
 	// answer lookups of names that cannot exist without asking a brick
 	// (package namecache); 0 turns it off.
 	NameCache int
+	// LocalReads lets a mount process read files straight from this
+	// host's replica of its volume, when that replica has applied every op
+	// the read must see, instead of asking the brick (mounter's local
+	// reads).
+	LocalReads bool
 	// MountCgroup, when set, is the cgroup (a name under the root of every
 	// hierarchy) each mount process is moved into, so a supervisor that
 	// kills brickd's cgroup (a container restart) leaves mounts alone
@@ -135,6 +140,7 @@ func DefaultConfig() Config {
 		MountProcs:        1,
 		NameCache:         1 << 18,
 		ReplicationLinger: 2 * time.Millisecond,
+		LocalReads:        true,
 		CSIKubeletDir:     "/var/lib/kubelet",
 		DockerSocket:      "/run/docker/plugins/brick.sock",
 		DockerTimeout:     docker.DefaultTimeout,

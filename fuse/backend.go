@@ -62,5 +62,13 @@ type Submitter interface {
 	Submit(ctx context.Context, op *brickpb.Op) (seq uint64, err error)
 }
 
+// ReaderInto is a Backend that can read into the caller's buffer, as Read
+// does but without a buffer of its own: go-fuse's request buffer takes the
+// data, with no allocation and no copy per read. n < len(dest) means end
+// of file.
+type ReaderInto interface {
+	ReadInto(ctx context.Context, fid uint64, dest []byte, off int64) (n int, err error)
+}
+
 // RootFID is the file ID of a volume's root directory.
 const RootFID = 1

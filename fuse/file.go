@@ -82,6 +82,13 @@ func (n *node) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {
 }
 
 func (n *node) Read(ctx context.Context, f fs.FileHandle, dest []byte, off int64) (gofuse.ReadResult, syscall.Errno) {
+	if ri, ok := n.fsys.b.(ReaderInto); ok {
+		k, err := ri.ReadInto(context.WithoutCancel(ctx), n.fid(), dest, off)
+		if err != nil {
+			return nil, n.fsys.fail("read", err, query, "fid", n.fid(), "offset", off, "size", len(dest))
+		}
+		return gofuse.ReadResultData(dest[:k]), 0
+	}
 	data, err := n.fsys.b.Read(context.WithoutCancel(ctx), n.fid(), off, len(dest))
 	if err != nil {
 		return nil, n.fsys.fail("read", err, query, "fid", n.fid(), "offset", off, "size", len(dest))

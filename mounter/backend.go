@@ -2,6 +2,7 @@ package mounter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	"github.com/brickvol/brick/fuse"
 	"github.com/brickvol/brick/namecache"
 	"github.com/brickvol/brick/proto/brickpb"
+	"github.com/brickvol/brick/replica"
 	"github.com/brickvol/brick/replica/head"
 )
 
@@ -32,8 +34,16 @@ type backend struct {
 	lease time.Duration
 	early bool             // answer creates and mkdirs early (answersEarly)
 	now   func() time.Time // stamps early-answered entries
+	// tree reads this host's replica directly (readLocal); nil when this
+	// host has none or local reads are off. brickID is that replica's
+	// brick.
+	tree    *replica.TreeReader
+	brickID string
 
+	renewing      atomic.Bool   // a lease renewal is under way (holdsLease)
 	answeredEarly atomic.Uint64 // ops answered before they were applied (not writes)
+	readsLocal    atomic.Uint64 // reads answered from this host's replica's tree
+	readsPassedOn atomic.Uint64 // reads sent to a brick while tree was set
 }
 
 func (b *backend) NewFID() uint64 { return b.h.NewFID() }
@@ -50,7 +60,27 @@ func (b *backend) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, er
 		res, err = b.h.Do(ctx, op)
 	}
 	done(res, err)
+	b.forgetLocal(op)
 	return res, err
+}
+
+func (b *backend) counters() Counters {
+	hits, misses, _ := b.names.Stats()
+	return Counters{LookupsAnswered: hits, LookupsPassedOn: misses, OpsAnsweredEarly: b.answeredEarly.Load(),
+		ReadsLocal: b.readsLocal.Load(), ReadsPassedOn: b.readsPassedOn.Load()}
+}
+
+// forgetLocal closes the local reader's descriptor of a file op forgets: an
+// open descriptor would keep the brick's inode, and its blocks, alive.
+func (b *backend) forgetLocal(op *brickpb.Op) {
+	if b.tree == nil {
+		return
+	}
+	switch {
+	case op.Type == brickpb.OpType_OP_FORGET,
+		op.Type == brickpb.OpType_OP_UNLINK && op.Flags&brickpb.UnlinkForget != 0:
+		b.tree.Forget(op.Fid)
+	}
 }
 
 // answersEarly reports whether op is a create or mkdir the head may answer
@@ -71,7 +101,31 @@ func (b *backend) answersEarly(op *brickpb.Op) bool {
 	default:
 		return false
 	}
-	return op.Fid > 1 && b.h.HeldWithin(b.lease) && b.names.Absent(op.Parent, op.Name)
+	return op.Fid > 1 && b.holdsLease() && b.names.Absent(op.Parent, op.Name)
+}
+
+// holdsLease reports whether the head held its epoch within the lease
+// (head.HeldWithin), which is what lets the name cache and local reads
+// answer without asking a brick. Half-way through the lease it renews it
+// in the background with an op every brick applies and acknowledges: a
+// setattr of the root that sets nothing. Without it a head that only reads
+// would lose its lease a second after its last write, and every read and
+// lookup after that would go to a brick.
+func (b *backend) holdsLease() bool {
+	if b.h.HeldWithin(b.lease / 2) {
+		return true
+	}
+	if b.renewing.CompareAndSwap(false, true) {
+		go func() {
+			defer b.renewing.Store(false)
+			ctx, cancel := context.WithTimeout(context.Background(), b.lease)
+			defer cancel()
+			if _, err := b.h.Do(ctx, &brickpb.Op{Type: brickpb.OpType_OP_SETATTR, Fid: fuse.RootFID}); err != nil {
+				b.log.Debug("renewing the head's lease", "err", err)
+			}
+		}()
+	}
+	return b.h.HeldWithin(b.lease)
 }
 
 // doEarly submits op and answers it with the attributes the brick will
@@ -113,6 +167,7 @@ func (b *backend) Submit(ctx context.Context, op *brickpb.Op) (uint64, error) {
 		res = &brickpb.OpResult{Seq: seq}
 	}
 	done(res, err)
+	b.forgetLocal(op)
 	return seq, err
 }
 
@@ -153,7 +208,7 @@ func (b *backend) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brickpb.
 	var listing namecache.Listing
 	switch req.Kind {
 	case brickpb.MetaKind_META_LOOKUP:
-		if b.h.HeldWithin(b.lease) && b.names.Absent(req.Parent, req.Name) {
+		if b.holdsLease() && b.names.Absent(req.Parent, req.Name) {
 			return &brickpb.MetaResponse{Errno: uint32(syscall.ENOENT)}, nil
 		}
 	case brickpb.MetaKind_META_READDIR:
@@ -189,7 +244,29 @@ func (b *backend) meta(ctx context.Context, req *brickpb.MetaRequest) (*brickpb.
 }
 
 func (b *backend) Read(ctx context.Context, fid uint64, off int64, size int) ([]byte, error) {
-	req := &brickpb.ReadRequest{Ref: b.ref(), AfterSeq: b.h.AfterSeq(), Fid: fid, Offset: off, Size: uint32(size)}
+	after := b.h.AfterSeq()
+	if b.tree != nil {
+		buf := make([]byte, size)
+		if n, ok := b.readLocal(fid, buf, off, after); ok {
+			return buf[:n], nil
+		}
+	}
+	return b.readBrick(ctx, fid, off, size, after)
+}
+
+// ReadInto implements fuse.ReaderInto: a local read (readLocal) goes
+// straight into dest.
+func (b *backend) ReadInto(ctx context.Context, fid uint64, dest []byte, off int64) (int, error) {
+	after := b.h.AfterSeq()
+	if n, ok := b.readLocal(fid, dest, off, after); ok {
+		return n, nil
+	}
+	data, err := b.readBrick(ctx, fid, off, len(dest), after)
+	return copy(dest, data), err
+}
+
+func (b *backend) readBrick(ctx context.Context, fid uint64, off int64, size int, after uint64) ([]byte, error) {
+	req := &brickpb.ReadRequest{Ref: b.ref(), AfterSeq: after, Fid: fid, Offset: off, Size: uint32(size)}
 	b.h.Hurry() // the brick waits for AfterSeq
 	var lastErr error
 	for _, id := range b.readers() {
@@ -211,6 +288,41 @@ func (b *backend) Read(ctx context.Context, fid uint64, off int64, size int) ([]
 		}
 	}
 	return nil, lastErr
+}
+
+// readLocal reads from this host's replica's tree itself, without a round
+// trip to its brick, when that brick is the primary and in the ISR, has
+// acknowledged applying every op up to after (what the brick's Read would
+// wait for), and the head holds its lease: a deposed head, whose bricks a
+// successor may be changing or have left behind, reads through a brick,
+// which refuses it. The tree is read as of the brick's stream generation;
+// one that changed during the read may mean a resync replaced the tree, so
+// the read goes to a brick then too. ok false: ask a brick.
+func (b *backend) readLocal(fid uint64, buf []byte, off int64, after uint64) (n int, ok bool) {
+	if b.tree == nil {
+		return 0, false
+	}
+	defer func() {
+		if !ok {
+			b.readsPassedOn.Add(1)
+		}
+	}()
+	pos := b.h.PrimaryPos()
+	if pos == nil || pos.ID != b.brickID || pos.Applied < after || !b.holdsLease() {
+		return 0, false
+	}
+	n, err := b.tree.ReadAt(pos.Gen, fid, buf, off)
+	if err != nil {
+		if !errors.Is(err, replica.ErrNotInTree) {
+			b.log.Debug("reading the local replica; asking the brick", "fid", fid, "err", err)
+		}
+		return 0, false
+	}
+	if now := b.h.PrimaryPos(); now == nil || now.ID != pos.ID || now.Gen != pos.Gen {
+		return 0, false
+	}
+	b.readsLocal.Add(1)
+	return n, true
 }
 
 // primeRoot lists the volume's root once, so that the name cache knows it

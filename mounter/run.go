@@ -16,6 +16,7 @@ import (
 	"github.com/brickvol/brick/fuse"
 	"github.com/brickvol/brick/namecache"
 	"github.com/brickvol/brick/proto/brickpb"
+	"github.com/brickvol/brick/replica"
 	"github.com/brickvol/brick/replica/head"
 )
 
@@ -47,7 +48,11 @@ type Config struct {
 	// Linger is how long the head may hold back ops nobody waits for yet
 	// to batch them (head.Config.Linger); 0 sends every op at once.
 	Linger time.Duration
-	Logger *slog.Logger
+	// ReplicaDir, when set, is this host's replica of the volume, read
+	// directly when it is the primary and has applied what a read must
+	// see (backend.readLocal); empty reads through the brick always.
+	ReplicaDir string
+	Logger     *slog.Logger
 	// Ready receives "ready\n" once the file system is mounted, or the
 	// error that stopped the mount; then it is closed.
 	Ready io.WriteCloser
@@ -235,23 +240,35 @@ func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, a
 	rs := &resyncer{h: h, c: c, volID: vol.Id, addrs: addrs, log: log.With("component", "resync"), rate: hc.HealBytesPerSec}
 	rctx, stopResync := context.WithCancel(ctx)
 	go rs.run(rctx)
-	if cfg.StatusFile != "" {
-		go writeStatus(rctx, cfg.StatusFile, h, &rs.active)
-	}
 
 	be := &backend{h: h, c: c, volID: vol.Id, addrs: addrs, log: log,
 		names: namecache.New(cfg.NameCache), lease: nameCacheLease(cfg.FailoverTimeout),
 		early: vol.Access != "shared", now: time.Now}
+	if cfg.ReplicaDir != "" && hc.Primary == cfg.BrickID {
+		be.tree, be.brickID = replica.NewTreeReader(cfg.ReplicaDir, maxLocalReadFiles), cfg.BrickID
+	}
+	if cfg.StatusFile != "" {
+		go writeStatus(rctx, cfg.StatusFile, h, be, &rs.active)
+	}
 	stop := func() {
 		stopResync()
 		h.Close()
-		hits, misses, names := be.names.Stats()
-		log.Info("name cache", "lookups_answered", hits, "lookups_passed_on", misses, "names", names,
-			"ops_answered_early", be.answeredEarly.Load())
+		c := be.counters()
+		_, _, names := be.names.Stats()
+		log.Info("served", "lookups_answered", c.LookupsAnswered, "lookups_passed_on", c.LookupsPassedOn,
+			"names", names, "ops_answered_early", c.OpsAnsweredEarly,
+			"reads_local", c.ReadsLocal, "reads_passed_on", c.ReadsPassedOn)
+		if be.tree != nil {
+			be.tree.Close()
+		}
 	}
 	go be.primeRoot(rctx)
 	return &headRun{h: h, be: be, epoch: vol.Epoch, startSeq: to.StartSeq, stop: stop}, nil
 }
+
+// maxLocalReadFiles bounds the files a mount process keeps open in its
+// host's replica for local reads (replica.TreeReader).
+const maxLocalReadFiles = 256
 
 // nameCacheLease is how long after every in-sync brick last acknowledged
 // an op of this head the name cache may answer (head.HeldWithin): a tenth

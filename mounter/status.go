@@ -18,14 +18,26 @@ import (
 // heads, rewritten every StatusInterval: brickd has no other window into a
 // mount process, which outlives it by design. Written atomically (rename).
 type StatusFile struct {
-	Volume  string    `json:"volume"`
-	Epoch   uint64    `json:"epoch"`
-	State   string    `json:"state"`
-	Reason  string    `json:"reason,omitempty"`
-	ISR     []string  `json:"isr"`
-	LastSeq uint64    `json:"last_seq"`
-	Heals   []Heal    `json:"heals,omitempty"`
-	Written time.Time `json:"written"`
+	Volume  string   `json:"volume"`
+	Epoch   uint64   `json:"epoch"`
+	State   string   `json:"state"`
+	Reason  string   `json:"reason,omitempty"`
+	ISR     []string `json:"isr"`
+	LastSeq uint64   `json:"last_seq"`
+	Heals   []Heal   `json:"heals,omitempty"`
+	// Counters since the mount process started: what the mount answered
+	// itself and what it asked a brick for.
+	Counters Counters  `json:"counters"`
+	Written  time.Time `json:"written"`
+}
+
+// Counters count how a mount process served its file system.
+type Counters struct {
+	LookupsAnswered  uint64 `json:"lookups_answered"`   // by the name cache
+	LookupsPassedOn  uint64 `json:"lookups_passed_on"`  // to a brick
+	OpsAnsweredEarly uint64 `json:"ops_answered_early"` // before a brick applied them
+	ReadsLocal       uint64 `json:"reads_local"`        // from this host's replica's tree
+	ReadsPassedOn    uint64 `json:"reads_passed_on"`    // to a brick, though this host has a replica
 }
 
 // Heal is one brick being brought back, with enough for a progress bar.
@@ -61,14 +73,14 @@ func ReadStatusFile(path string) (*StatusFile, error) {
 }
 
 // writeStatus keeps path up to date with h's status until ctx ends.
-func writeStatus(ctx context.Context, path string, h *head.Head, resyncing *sync.Map) {
+func writeStatus(ctx context.Context, path string, h *head.Head, be *backend, resyncing *sync.Map) {
 	totals := map[string]int64{}
 	t := time.NewTicker(StatusInterval)
 	defer t.Stop()
 	for {
 		st := h.Status()
 		out := StatusFile{Volume: st.Volume, Epoch: st.Epoch, State: st.State, Reason: st.Reason, ISR: st.ISR,
-			LastSeq: st.LastSeq, Written: time.Now()}
+			LastSeq: st.LastSeq, Counters: be.counters(), Written: time.Now()}
 		seen := map[string]bool{}
 		for _, hs := range st.Heals {
 			seen[hs.ID] = true

@@ -61,6 +61,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 	b.dur(&cfg.FailoverTimeout, "failover-timeout", "how long the host holding a volume must be dead in gossip before another host's attach takes it over without --force")
 	b.int(&cfg.MountProcs, "mount-procs", "GOMAXPROCS of each mount process; 1 measured fastest, 0 means one per CPU")
 	b.dur(&cfg.ReplicationLinger, "replication-linger", "how long a volume's head may hold back writes and creates nobody waits for yet, to send them to the bricks in one message with those that follow (fewer, bigger batches); an fsync, a read or an op whose caller waits sends at once; 0 sends every op at once")
+	b.bool(&cfg.LocalReads, "local-reads", "let a mount process read files straight from this host's replica of its volume once that replica has applied every write the read must see, instead of through the brick (no round trip); false reads through the brick always")
 	b.int(&cfg.NameCache, "name-cache", "names each volume's head remembers to answer lookups of names that cannot exist without a round trip to a brick (about 100 bytes each); 0 turns it off")
 	b.str(&cfg.MountCgroup, "mount-cgroup", "move each mount process into this cgroup (created under the root of every cgroup hierarchy) so mounts outlive a restart that kills brickd's cgroup, such as a container restart; in a container also use the host's PID namespace (docs/kubernetes.md)")
 	b.str(&cfg.CSIEndpoint, "csi-endpoint", "unix socket (unix:///path or /path) to serve the Kubernetes CSI driver on; empty disables it")

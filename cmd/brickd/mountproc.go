@@ -77,6 +77,7 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 		ReplicaTimeout:  timeout,
 		StatusFile:      getenv("BRICK_MOUNT_STATUS_FILE"),
 		HealBandwidth:   healBW,
+		ReplicaDir:      getenv("BRICK_MOUNT_REPLICA_DIR"),
 		Logger:          log.With("mount", getenv("BRICK_MOUNT_VOLUME")),
 	}
 	if ready := os.NewFile(3, "ready"); ready != nil {

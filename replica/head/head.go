@@ -104,6 +104,7 @@ type Head struct {
 	born       time.Time     // clk.Now() at Start
 	ackAt      atomic.Int64  // Machine.LastAck as nanoseconds since born; -1 before any
 	refused    atomic.Bool   // Machine.Refused
+	primPos    atomic.Pointer[PrimaryPos]
 
 	mu      sync.Mutex
 	primary string
@@ -333,6 +334,30 @@ func (h *Head) lingering(c *conn, on bool) {
 	}
 }
 
+// PrimaryPos is where the primary brick stands, as of the head's last step.
+type PrimaryPos struct {
+	ID      string
+	Applied uint64 // the last seq it acknowledged applying
+	Gen     uint64 // its stream's generation (Machine.PrimaryApplied)
+}
+
+// PrimaryPos is the primary brick's position while it is in the ISR with
+// its stream up, else nil. Cheap: no round trip to the head's loop.
+func (h *Head) PrimaryPos() *PrimaryPos { return h.primPos.Load() }
+
+func (h *Head) notePrimaryPos() {
+	applied, gen, ok := h.m.PrimaryApplied()
+	cur := h.primPos.Load()
+	switch {
+	case !ok:
+		if cur != nil {
+			h.primPos.Store(nil)
+		}
+	case cur == nil || cur.Applied != applied || cur.Gen != gen || cur.ID != h.m.Primary():
+		h.primPos.Store(&PrimaryPos{ID: h.m.Primary(), Applied: applied, Gen: gen})
+	}
+}
+
 // NewFID reserves a fresh file ID.
 func (h *Head) NewFID() uint64 { return h.fid.Add(1) }
 
@@ -505,6 +530,7 @@ func (h *Head) step(ev Event) {
 		h.ackAt.Store(int64(t.Sub(h.born)))
 	}
 	h.refused.Store(h.m.Refused())
+	h.notePrimaryPos()
 	if p := h.m.Primary(); p != h.primary { // h.primary is written only here
 		h.mu.Lock()
 		h.primary = p

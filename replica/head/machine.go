@@ -237,6 +237,20 @@ func (m *Machine) LastSeq() uint64 { return m.lastSeq }
 // Primary is the brick whose results answer metadata ops ("" if none).
 func (m *Machine) Primary() string { return m.primary }
 
+// PrimaryApplied is the primary brick's last acknowledged applied seq and
+// its stream's generation, while the primary is in the ISR and its stream
+// is up and the machine takes ops (ok). A reader that sees the same generation before and after
+// reading the primary's tree directly (mounter's local reads) read a tree
+// that no resync replaced meanwhile: a brick leaves the ISR, and its
+// stream ends, before anything but the stream changes its tree.
+func (m *Machine) PrimaryApplied() (applied, gen uint64, ok bool) {
+	b := m.bricks[m.primary]
+	if b == nil || b.conn != connUp || !b.known || !slices.Contains(m.isr, m.primary) || m.Refused() {
+		return 0, 0, false
+	}
+	return b.applied, b.gen, true
+}
+
 // LastAck is the latest time (to the tick) after which every ISR brick is
 // known to have been at this epoch: the oldest, over the ISR, of the
 // sequencing time of the newest op the brick acknowledged applying. Zero

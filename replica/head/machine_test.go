@@ -421,3 +421,53 @@ func TestMachineEarlyOpOnGoneFileIsNotLost(t *testing.T) {
 		t.Fatalf("sync after ops on a file that is gone: %+v (done %v)", c, ok)
 	}
 }
+
+// PrimaryApplied tells local reads how far the primary has applied, and
+// through the stream generation, when the tree they read may have been
+// replaced: never while the primary is out of the ISR or its stream down.
+func TestMachinePrimaryApplied(t *testing.T) {
+	h := newMH(t, nil)
+	if _, _, ok := h.m.PrimaryApplied(); ok {
+		t.Fatal("ok before the primary's stream is up")
+	}
+	h.allUp()
+	_, gen1, ok := h.m.PrimaryApplied()
+	if !ok {
+		t.Fatal("not ok with every stream up")
+	}
+	h.step(Submit{Op: write(1), Waiter: 1})
+	if applied, _, _ := h.m.PrimaryApplied(); applied != 0 {
+		t.Fatalf("applied %d before any ack", applied)
+	}
+	h.ack("b", 1, 0)
+	if applied, _, _ := h.m.PrimaryApplied(); applied != 0 {
+		t.Fatalf("applied %d after another brick's ack", applied)
+	}
+	h.ack("a", 1, 0)
+	if applied, gen, ok := h.m.PrimaryApplied(); applied != 1 || gen != gen1 || !ok {
+		t.Fatalf("after the primary's ack: %d %d %v, want 1 %d true", applied, gen, ok, gen1)
+	}
+	h.step(StreamDown{Brick: "a", Gen: h.gens["a"], Err: errors.New("reset")})
+	if _, _, ok := h.m.PrimaryApplied(); ok {
+		t.Fatal("ok with the primary's stream down")
+	}
+	h.advance(time.Second) // the reconnect
+	h.up("a", 1, 0)
+	_, gen2, ok := h.m.PrimaryApplied()
+	if !ok || gen2 <= gen1 {
+		t.Fatalf("after the reconnect: gen %d (before %d), ok %v; want a newer generation", gen2, gen1, ok)
+	}
+	// Out of the ISR, another brick is the primary.
+	h.step(ISRCommitted{Epoch: 5, ISR: []string{"b", "c"}, Index: 10})
+	if h.m.Primary() != "b" {
+		t.Fatalf("primary %s, want b", h.m.Primary())
+	}
+	h.ack("b", 1, 0) // no news; b's position stands
+	if applied, _, ok := h.m.PrimaryApplied(); !ok || applied != 1 {
+		t.Fatalf("b as the primary: %d %v", applied, ok)
+	}
+	h.step(Stop{Err: ErrClosed})
+	if _, _, ok := h.m.PrimaryApplied(); ok {
+		t.Fatal("ok after Stop")
+	}
+}
