@@ -107,10 +107,12 @@ func (b *backend) answersEarly(op *brickpb.Op) bool {
 // holdsLease reports whether the head held its epoch within the lease
 // (head.HeldWithin), which is what lets the name cache and local reads
 // answer without asking a brick. Half-way through the lease it renews it
-// in the background with an op every brick applies and acknowledges: a
-// setattr of the root that sets nothing. Without it a head that only reads
-// would lose its lease a second after its last write, and every read and
-// lookup after that would go to a brick.
+// in the background by reading the root's attributes from every ISR brick
+// at this head's epoch, which a fenced brick refuses (head.RenewLease):
+// without that a head that only reads would lose its lease a second after
+// its last write, and every read and lookup after it would go to a brick.
+// Not with an op: a read-only workload must add nothing to the volume's
+// history, or a brick that left meanwhile would come back behind.
 func (b *backend) holdsLease() bool {
 	if b.h.HeldWithin(b.lease / 2) {
 		return true
@@ -120,12 +122,27 @@ func (b *backend) holdsLease() bool {
 			defer b.renewing.Store(false)
 			ctx, cancel := context.WithTimeout(context.Background(), b.lease)
 			defer cancel()
-			if _, err := b.h.Do(ctx, &brickpb.Op{Type: brickpb.OpType_OP_SETATTR, Fid: fuse.RootFID}); err != nil {
+			if err := b.h.RenewLease(ctx, b.epochCheck); err != nil {
 				b.log.Debug("renewing the head's lease", "err", err)
 			}
 		}()
 	}
 	return b.h.HeldWithin(b.lease)
+}
+
+// epochCheck asks brick id for the root's attributes at this head's
+// epoch, waiting for nothing: it fails once the brick is fenced past it.
+func (b *backend) epochCheck(ctx context.Context, id string) error {
+	cc, err := b.c.get(b.addrs[id])
+	if err != nil {
+		return err
+	}
+	resp, err := brickpb.NewReplicaClient(cc).Meta(ctx, &brickpb.MetaRequest{Ref: b.ref(),
+		Kind: brickpb.MetaKind_META_GETATTR, Fid: fuse.RootFID})
+	if err == nil && resp.Errno != 0 {
+		err = syscall.Errno(resp.Errno)
+	}
+	return err
 }
 
 // doEarly submits op and answers it with the attributes the brick will

@@ -64,6 +64,17 @@ type StreamUp struct {
 // stream reports where the copy stands.
 type Resynced struct{ Brick string }
 
+// LeaseProof reports that each of Bricks answered a request of this head
+// sent at At that it would have refused had it been fenced past this
+// epoch (a read): each was at this epoch after At, as an ack of an op
+// sequenced at At proves (Machine.LastAck). How a head with nothing to
+// write keeps its lease without adding to the volume's history
+// (Head.RenewLease).
+type LeaseProof struct {
+	Bricks []string
+	At     time.Time
+}
+
 // Tick tells the machine the time. The first event of a machine must be a
 // Tick.
 type Tick struct{ Now time.Time }
@@ -108,6 +119,7 @@ type HealFetched struct {
 
 func (Submit) isEvent()            {}
 func (Resynced) isEvent()          {}
+func (LeaseProof) isEvent()        {}
 func (SyncReq) isEvent()           {}
 func (Cancel) isEvent()            {}
 func (Ack) isEvent()               {}

@@ -1,6 +1,7 @@
 package head
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -301,6 +302,39 @@ func (h *Head) HeldWithin(d time.Duration) bool {
 	}
 	at := h.ackAt.Load()
 	return at >= 0 && h.clk.Now().Sub(h.born)-time.Duration(at) < d
+}
+
+// RenewLease proves to the head, without an op, that every ISR brick is
+// still at its epoch, so HeldWithin holds on while the head has nothing to
+// write. check(ctx, brick) must send the brick a request that it refuses
+// once fenced past this epoch (a read at this epoch) and return the
+// error. Every brick whose check succeeded counts as having acknowledged
+// this head when RenewLease began; the first failure is returned.
+func (h *Head) RenewLease(ctx context.Context, check func(ctx context.Context, brick string) error) error {
+	at := h.clk.Now()
+	isr := h.Status().ISR
+	type res struct {
+		id  string
+		err error
+	}
+	out := make(chan res, len(isr))
+	for _, id := range isr {
+		go func() { out <- res{id, check(ctx, id)} }()
+	}
+	var ok []string
+	var first error
+	for range isr {
+		r := <-out
+		if r.err != nil {
+			first = cmp.Or(first, fmt.Errorf("brick %s: %w", r.id, r.err))
+		} else {
+			ok = append(ok, r.id)
+		}
+	}
+	if len(ok) > 0 {
+		h.post(LeaseProof{Bricks: ok, At: at})
+	}
+	return first
 }
 
 // Hurry sends at once whatever ops are lingering (Config.Linger): a read

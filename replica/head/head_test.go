@@ -637,3 +637,69 @@ func TestLingerBatchesUntilSomebodyWaits(t *testing.T) {
 	}
 	checkGapless(t, r.net, 28, ids...)
 }
+
+// RenewLease keeps the hold without an op: every ISR brick must pass the
+// check (a read a fenced brick refuses), and the hold dates from when the
+// renewal began, not from when it ended.
+func TestRenewLeaseHoldsWithoutOps(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.ReplicaTimeout = time.Minute })
+	r.do(mkdir("x"))
+	r.waitAcked(r.h.AfterSeq(), false, "a", "b", "c")
+	last := r.h.AfterSeq()
+	r.clk.Advance(2 * time.Second)
+	if r.h.HeldWithin(time.Second) {
+		t.Fatal("held 2 s after the last op")
+	}
+	var checked sync.Map
+	ok := func(_ context.Context, id string) error { checked.Store(id, true); return nil }
+	if err := r.h.RenewLease(context.Background(), ok); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		if _, was := checked.Load(id); !was {
+			t.Fatalf("brick %s not checked", id)
+		}
+	}
+	waitHeld := func(want bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for r.h.HeldWithin(time.Second) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("HeldWithin(1s) stayed %v", !want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitHeld(true) // the proof is posted to the head's loop
+	if r.h.AfterSeq() != last {
+		t.Fatalf("renewal sequenced ops: last seq %d, was %d", r.h.AfterSeq(), last)
+	}
+	// One brick fails its check (fenced, or unreachable): no hold.
+	r.clk.Advance(2 * time.Second)
+	refused := errors.New("refused")
+	err := r.h.RenewLease(context.Background(), func(_ context.Context, id string) error {
+		if id == "b" {
+			return refused
+		}
+		return nil
+	})
+	if !errors.Is(err, refused) {
+		t.Fatalf("renewal with a failing brick: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond) // the partial proof reaches the loop
+	if r.h.HeldWithin(time.Second) {
+		t.Fatal("held though brick b failed its check")
+	}
+	// A renewal that took long proves only its start.
+	err = r.h.RenewLease(context.Background(), func(context.Context, string) error {
+		r.clk.Advance(700 * time.Millisecond) // three checks: 2.1 s in all
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if r.h.HeldWithin(time.Second) {
+		t.Fatal("held from the end of a renewal that began 2.1 s ago")
+	}
+}

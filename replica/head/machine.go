@@ -207,6 +207,12 @@ func (m *Machine) Step(ev Event) []Action {
 		m.isrCommitted(e)
 	case ISRProposalFailed:
 		m.proposalFailed(e)
+	case LeaseProof:
+		for _, id := range e.Bricks {
+			if b := m.bricks[id]; b != nil && slices.Contains(m.isr, id) {
+				b.heldAt = later(b.heldAt, e.At)
+			}
+		}
 	case Fenced:
 		m.fence(fmt.Sprintf("brick %s refused epoch %d: %s", e.Brick, m.epoch, e.Msg))
 	case Resynced:

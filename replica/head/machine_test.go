@@ -471,3 +471,23 @@ func TestMachinePrimaryApplied(t *testing.T) {
 		t.Fatal("ok after Stop")
 	}
 }
+
+// A LeaseProof counts for the ISR bricks it names, and only for them.
+func TestMachineLeaseProof(t *testing.T) {
+	h := newMH(t, nil)
+	h.allUp()
+	at := h.now.Add(time.Second)
+	h.step(LeaseProof{Bricks: []string{"a", "b", "x"}, At: at})
+	if !h.m.LastAck().IsZero() {
+		t.Fatal("held with brick c unproved")
+	}
+	h.step(LeaseProof{Bricks: []string{"c"}, At: at.Add(time.Second)})
+	if got := h.m.LastAck(); !got.Equal(at) {
+		t.Fatalf("LastAck %v, want the oldest proof %v", got, at)
+	}
+	h.step(ISRCommitted{Epoch: 5, ISR: []string{"b", "c"}, Index: 10})
+	h.step(LeaseProof{Bricks: []string{"a", "b", "c"}, At: at.Add(2 * time.Second)})
+	if got := h.m.LastAck(); !got.Equal(at.Add(2 * time.Second)) {
+		t.Fatalf("LastAck %v after the ISR shrank, want %v", got, at.Add(2*time.Second))
+	}
+}
