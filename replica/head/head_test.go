@@ -612,6 +612,9 @@ func TestLingerBatchesUntilSomebodyWaits(t *testing.T) {
 			t.Fatalf("brick %s got %d ops while they linger", id, n)
 		}
 	}
+	// Completions may come before the loop hands the ops to the senders;
+	// a Status request is served after that.
+	r.h.Status()
 	r.h.Hurry() // a reader is about to wait for seq 20
 	for _, id := range ids {
 		r.waitBrick(id, 20)
