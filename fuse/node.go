@@ -566,23 +566,21 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 // listAhead lists n with attributes for the lookups that follow
-// (listings.missed), unless n is too big to keep; it reports whether it
-// listed.
-func (n *node) listAhead(ctx context.Context) bool {
+// (listings.missed), unless n is too big to keep. Best effort: a failed
+// listing leaves the lookups to ask one by one.
+func (n *node) listAhead(ctx context.Context) {
 	l := n.fsys.lists
 	n.mu.Lock()
 	big := n.last.GetSize() > listingsMaxDirSize
 	n.mu.Unlock()
 	if big {
-		return false
+		return
 	}
 	since := l.begin()
 	resp, errno := n.fsys.meta(ctx, "lookup", &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: n.fid(), WithAttrs: true})
-	if errno != 0 {
-		return false
+	if errno == 0 {
+		l.keep(n.fid(), since, resp.Entries)
 	}
-	l.keep(n.fid(), since, resp.Entries)
-	return true
 }
 
 // Readdir lists the directory as it is when it is opened; the listing is

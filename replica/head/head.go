@@ -309,7 +309,8 @@ func (h *Head) HeldWithin(d time.Duration) bool {
 // write. check(ctx, brick) must send the brick a request that it refuses
 // once fenced past this epoch (a read at this epoch) and return the
 // error. Every brick whose check succeeded counts as having acknowledged
-// this head when RenewLease began; the first failure is returned.
+// this head when RenewLease began, from its return on; the first failure
+// is returned.
 func (h *Head) RenewLease(ctx context.Context, check func(ctx context.Context, brick string) error) error {
 	at := h.clk.Now()
 	isr := h.Status().ISR
@@ -332,7 +333,11 @@ func (h *Head) RenewLease(ctx context.Context, check func(ctx context.Context, b
 		}
 	}
 	if len(ok) > 0 {
-		h.post(LeaseProof{Bricks: ok, At: at})
+		select {
+		case h.reqs <- request{ev: LeaseProof{Bricks: ok, At: at}}:
+			h.Status() // served after the proof's step
+		case <-h.done:
+		}
 	}
 	return first
 }
