@@ -404,3 +404,31 @@ func TestCrashInUnlinkForgetConverges(t *testing.T) {
 		})
 	}
 }
+
+// TestSyncCountsAfterACrash: Sync's counter is a NoSync commit after the
+// syncfs (the flush that makes it durable is the next one); a process
+// crash keeps the page cache, so a reopen on the same boot must still
+// report the synced position, and the replica must not be suspect.
+func TestSyncCountsAfterACrash(t *testing.T) {
+	dir := t.TempDir()
+	r := openTest(t, dir, ReplicaOptions{})
+	if !r.metaWithTree {
+		t.Fatalf("meta.db and data/ in one temporary directory counted as two file systems")
+	}
+	must(t, r, createOp(1, "f", 2, 0o644))
+	must(t, r, writeOp(2, 0, "synced"))
+	synced, err := r.Sync()
+	if err != nil || synced != 2 {
+		t.Fatalf("Sync = %d, %v; want 2", synced, err)
+	}
+	must(t, r, writeOp(2, 6, " and not"))
+	r.crash()
+	r = openTest(t, dir, ReplicaOptions{})
+	defer r.Close()
+	if applied, synced, _, _ := r.State(); applied != 3 || synced != 2 {
+		t.Errorf("after a crash: applied %d synced %d, want 3 and 2", applied, synced)
+	}
+	if s := r.Suspect(); s != "" {
+		t.Errorf("suspect after a crash on the same boot: %s", s)
+	}
+}

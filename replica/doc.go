@@ -42,10 +42,14 @@
 //
 // # Durability and crashes
 //
-// meta.db is written with NoSync; OP_SYNC (and Sync, Fence, Close) runs
-// syncfs on the brick's file system and then a synced commit, and only
-// then is the position reported as synced_seq. Between two syncs a crash
-// may leave the tree ahead of meta.db. The rules that make that harmless:
+// meta.db is written with NoSync; OP_SYNC (Sync) runs syncfs on the
+// brick's file system, which flushes the tree and meta.db's earlier
+// commits together (when both are on one file system, else a synced commit
+// follows), and only then is the position reported as synced_seq. The
+// synced counter itself is committed after that flush and reaches the disk
+// with the next one, so on disk it may lag, never lead. Fence and Close
+// make a synced commit. Between two syncs a crash may leave the tree ahead
+// of meta.db. The rules that make that harmless:
 //
 //  1. Write-ahead: a batch's ops go to the op log (one NoSync commit)
 //     before any of them touches the tree.
