@@ -91,9 +91,9 @@ func (r *Replica) Apply(ops []*brickpb.Op) ([]*brickpb.OpResult, error) {
 	if err := r.hookAt("log"); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLocalFailure, err)
 	}
-	// The first op's intent goes into the log's commit when it needs one:
+	// The first op's intent is committed by logOps right after the append:
 	// nothing is applied in between, so that commit holds exactly what
-	// step's own would, and a metadata op costs one commit, not two.
+	// step's own would.
 	var intent *intentRec
 	if op := ops[0]; exactOp(op) && (r.failed == nil || r.failed.Seq != op.Seq) {
 		in := r.intentFor(op)
@@ -117,6 +117,16 @@ func (r *Replica) Apply(ops []*brickpb.Op) ([]*brickpb.OpResult, error) {
 			return results, err
 		}
 		results = append(results, res)
+	}
+	// Writes alone commit nothing to meta.db (the log has them), so its
+	// applied position can fall behind: commit now and then, so a
+	// recovery replays a bounded stretch and the log can be trimmed.
+	if r.sinceCommit >= r.opts.MaxLogBytes/4 || r.applied-r.committedApplied >= uint64(max(r.opts.MaxLogOps/4, 1)) {
+		if err := r.commit(false, nil); err != nil {
+			// Not this batch's failure: the next op that needs a
+			// commit fails with it.
+			r.log.Warn("could not commit the applied position", "applied", r.applied, "err", err)
+		}
 	}
 	return results, refused
 }

@@ -16,7 +16,8 @@
 //	fids/     for every non-directory, a hard link named by its file ID in
 //	          decimal: ops address files by ID, and a file unlinked from the
 //	          tree stays readable until OP_FORGET removes this link
-//	meta.db   bbolt: position, epoch promise, directory map, op log, chunk
+//	oplog/    the op log: segment files of checksummed records (wal.go)
+//	meta.db   bbolt: position, epoch promise, directory map, chunk
 //	          checksums (records.go lists the buckets)
 //
 // Every inode carries its volume-wide file ID in the xattr
@@ -51,8 +52,11 @@
 // make a synced commit. Between two syncs a crash may leave the tree ahead
 // of meta.db. The rules that make that harmless:
 //
-//  1. Write-ahead: a batch's ops go to the op log (one NoSync commit)
-//     before any of them touches the tree.
+//  1. Write-ahead: a batch's ops go to the op log (one append) before
+//     any of them touches the tree. The log keeps every op after the
+//     applied position meta.db holds, which a batch of convergent ops
+//     alone does not move (it is committed with the next exact op, sync,
+//     or after a quarter of the log's bounds).
 //  2. Ops are exact or convergent (exactOp). Convergent ops (WRITE,
 //     TRUNCATE, FALLOCATE without COLLAPSE/INSERT, SETATTR, unconditional
 //     SETXATTR, REMOVEXATTR) set state regardless of the state before, so

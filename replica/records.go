@@ -21,13 +21,14 @@ import (
 //	      "synced"        u64  everything up to here was made durable by a sync
 //	      "promised"      u64  epoch promise (fence): ops and reads below it are refused
 //	      "max_fid"       u64  highest file ID ever created
-//	      "log_bytes"     u64  total size of the op log values
+//	      "log_bytes"     u64  (written by earlier versions; removed)
 //	      "intent"        intentRec: the exact op being applied (crash redo)
 //	      "clean"         1 byte: 1 after Close, 0 while open
 //	      "boot"          the kernel boot ID of the last open
 //	      "suspect"       why the tree may differ from "applied" (absent: it does not)
 //	dirs  fid(u64 BE) -> dirRec     every directory but the root: parent fid and name
-//	log   seq(u64 BE) -> logRec     the last ops, for heal and crash redo
+//	log   seq(u64 BE) -> logRec     empty: earlier versions kept the op log here
+//	                                (openLog moves it to oplog/, wal.go)
 //	sums  fid(u64 BE) chunk(u64 BE) -> sumVal: CRC32C and length of that 1 MiB chunk
 var (
 	bucketMeta = []byte("meta")

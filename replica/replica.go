@@ -121,6 +121,12 @@ type Replica struct {
 	sumPuts  map[[2]uint64]sumVal     // (fid, chunk) -> checksums computed since then
 	watch    map[uint64]*chunkWatch   // fids whose checksums are being computed
 	hook     func(point string) error // tests: crash injection, nil otherwise
+	wal      *opLog                   // the op log (wal.go)
+	// committedApplied is the applied position meta.db holds: the log
+	// keeps every op after it (a recovery replays them). sinceCommit
+	// counts the log bytes appended after it.
+	committedApplied uint64
+	sinceCommit      int64
 	// metaWithTree: meta.db is on the tree's file system, so one syncfs
 	// makes both durable (set at open).
 	metaWithTree bool
@@ -233,6 +239,9 @@ func (r *Replica) open() error {
 	if err != nil {
 		return err
 	}
+	if err := r.openLog(); err != nil {
+		return err
+	}
 	if !clean {
 		if err := r.recover(prevBoot); err != nil {
 			return err
@@ -291,13 +300,6 @@ func (r *Replica) load() (clean bool, boot string, newDB bool, err error) {
 				*c.dst = n
 			}
 		}
-		if v := m.Get(keyLogBytes); v != nil {
-			n, err := decodeU64(v)
-			if err != nil {
-				return fmt.Errorf("%w: log_bytes: %w", ErrCorrupt, err)
-			}
-			r.logBytes = int64(n)
-		}
 		if v := m.Get(keyIntent); v != nil {
 			in, err := decodeIntent(v)
 			if err != nil {
@@ -308,12 +310,7 @@ func (r *Replica) load() (clean bool, boot string, newDB bool, err error) {
 		clean = bytes.Equal(m.Get(keyClean), []byte{1})
 		boot = string(m.Get(keyBoot))
 		r.suspect = string(m.Get(keySuspect))
-		c := tx.Bucket(bucketLog).Cursor()
-		if k, _ := c.First(); k != nil {
-			r.logFirst, _ = decodeU64(k)
-			k, _ = c.Last()
-			r.logLast, _ = decodeU64(k)
-		}
+		r.committedApplied = r.applied
 		return nil
 	})
 	return clean, boot, newDB, err
@@ -414,8 +411,9 @@ func (r *Replica) commit(durable bool, extra func(*bolt.Tx) error) error {
 	counters := [][2][]byte{
 		{keyApplied, u64Key(r.applied)}, {keyAppliedEpoch, u64Key(r.appliedEpoch)},
 		{keySynced, u64Key(r.synced)}, {keyPromised, u64Key(r.promised)},
-		{keyMaxFID, u64Key(r.maxFID)}, {keyLogBytes, u64Key(uint64(r.logBytes))},
+		{keyMaxFID, u64Key(r.maxFID)},
 	}
+	applied := r.applied
 	suspect := r.suspect
 	dirs := make(map[uint64]*dirRec, len(r.pendDirs))
 	for k, v := range r.pendDirs {
@@ -463,6 +461,7 @@ func (r *Replica) commit(durable bool, extra func(*bolt.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("committing meta.db: %w", err)
 	}
+	r.committedApplied, r.sinceCommit = applied, 0
 	r.mu.Lock()
 	for k, v := range dirs {
 		if r.pendDirs[k] == v {
@@ -580,6 +579,11 @@ func (r *Replica) syncLocked() (uint64, error) {
 	if err := retry(func() error { return unix.Syncfs(r.dataFD) }); err != nil {
 		return old, fmt.Errorf("%w: syncfs: %w", ErrLocalFailure, err)
 	}
+	if !r.metaWithTree {
+		if err := r.wal.Sync(); err != nil {
+			return old, fmt.Errorf("%w: %w", ErrLocalFailure, err)
+		}
+	}
 	r.mu.Lock()
 	r.synced = target
 	r.mu.Unlock()
@@ -653,6 +657,10 @@ func (r *Replica) release() {
 	if r.db != nil {
 		_ = r.db.Close()
 		r.db = nil
+	}
+	if r.wal != nil {
+		r.wal.Close()
+		r.wal = nil
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 
 	"github.com/brickvol/brick/proto/brickpb"
@@ -436,13 +435,10 @@ func (r *Replica) rebase(seq, appliedEpoch, maxFID, promise uint64) error {
 	r.suspect = ""
 	r.failed = nil
 	r.mu.Unlock()
-	return r.commit(true, func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bucketLog); err != nil {
-			return err
-		}
-		_, err := tx.CreateBucket(bucketLog)
+	if err := r.wal.Reset(); err != nil {
 		return err
-	})
+	}
+	return r.commit(true, nil)
 }
 
 // SwapReplica replaces the replica directory dir (closed by the caller)
