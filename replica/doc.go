@@ -47,9 +47,10 @@
 // brick's file system, which flushes the tree and meta.db's earlier
 // commits together (when both are on one file system, else a synced commit
 // follows), and only then is the position reported as synced_seq. The
-// synced counter itself is committed after that flush and reaches the disk
-// with the next one, so on disk it may lag, never lead. Fence and Close
-// make a synced commit. Between two syncs a crash may leave the tree ahead
+// barrier commits nothing: the synced counter goes to meta.db with the
+// next commit and to the disk with the flush after, so on disk it may lag,
+// never lead; a recovery on the same boot syncs again and counts
+// everything applied as synced. Fence and Close make a synced commit. Between two syncs a crash may leave the tree ahead
 // of meta.db. The rules that make that harmless:
 //
 //  1. Write-ahead: a batch's ops go to the op log (one append) before
