@@ -130,7 +130,8 @@ func Start(cfg Config) (d *Daemon, err error) {
 	// gRPC: TCP for peers and remote CLIs (authenticated), unix socket for
 	// the local CLI (protected by file permissions).
 	d.grpcSrv = grpc.NewServer(grpc.ChainUnaryInterceptor(d.unaryInterceptor),
-		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
+		grpc.InitialWindowSize(auth.StreamWindow), grpc.InitialConnWindowSize(auth.ConnWindow))
 	brickpb.RegisterControlServer(d.grpcSrv, &controlService{d: d})
 	brickpb.RegisterPeerServer(d.grpcSrv, &peerService{d: d})
 	d.replicas = &replicas{d: d, m: map[string]*replica.Replica{}}
