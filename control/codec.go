@@ -54,6 +54,16 @@ func DecodeCommand(b []byte) (Command, error) {
 	if len(set) != 1 || set[0] != want {
 		return Command{}, fmt.Errorf("decode %s command: %w: want exactly the %q payload, have %q", c.Type, ErrInvalid, want, set)
 	}
+	// An empty map or list decodes as empty but re-encodes as absent
+	// (omitempty): one form for both, so a command is what its bytes say.
+	if v := c.CreateVolume; v != nil {
+		if len(v.Labels) == 0 {
+			v.Labels = nil
+		}
+		if len(v.Attachments) == 0 {
+			v.Attachments = nil
+		}
+	}
 	return c, nil
 }
 
