@@ -186,17 +186,23 @@ func (l *opLog) newSegment(first uint64, need int64) (*walSeg, error) {
 	}
 	l.mu.Unlock()
 	if spare != "" {
-		if err := os.Rename(spare, path); err != nil {
-			return nil, fmt.Errorf("reusing op log segment %s: %w", spare, err)
-		}
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		f, err := os.OpenFile(spare, os.O_RDWR, 0)
 		if err != nil {
-			return nil, fmt.Errorf("opening op log segment %s: %w", path, err)
+			return nil, fmt.Errorf("opening op log spare %s: %w", spare, err)
 		}
 		st, err := f.Stat()
+		if err == nil {
+			// An end mark first: records the file held before must not
+			// pass for this segment's if the process dies before its
+			// first append (after TruncateAfter they can have its seqs).
+			_, err = f.WriteAt(make([]byte, walHdr), 0)
+		}
+		if err == nil {
+			err = os.Rename(spare, path)
+		}
 		if err != nil {
 			f.Close()
-			return nil, fmt.Errorf("op log segment %s: %w", path, err)
+			return nil, fmt.Errorf("reusing op log segment %s: %w", spare, err)
 		}
 		return &walSeg{first: first, f: f, cap: st.Size()}, nil
 	}
