@@ -22,23 +22,6 @@ const (
 	ConnWindow   = 32 << 20
 )
 
-// NewLocalClient opens a gRPC client connection to this host's daemon over
-// its unix socket: plain gRPC, as the CLI uses it, protected by the
-// socket's file mode rather than the cluster key. A mount process uses it
-// for its own host's brick, so a third of a volume's replication traffic
-// pays for neither TLS nor loopback TCP.
-func NewLocalClient(socket string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
-	base := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: time.Second,
-		}),
-		grpc.WithInitialWindowSize(StreamWindow), grpc.WithInitialConnWindowSize(ConnWindow),
-	}
-	return grpc.NewClient("unix://"+socket, append(base, opts...)...)
-}
-
 // NewClient opens a gRPC client connection to a daemon at addr, over a TLS
 // connection authenticated with the cluster key (Dial). gRPC runs without
 // credentials of its own on top. It reconnects fast: a restarted brickd is

@@ -294,9 +294,6 @@ func (d *Daemon) startMountProcess(ctx context.Context, vol *brickpb.Volume, dir
 		fmt.Sprintf("BRICK_MOUNT_NAME_CACHE=%d", d.cfg.NameCache),
 		fmt.Sprintf("BRICK_MOUNT_REPLICATION_LINGER=%s", d.cfg.ReplicationLinger),
 	)
-	if d.cfg.Socket != "" {
-		cmd.Env = append(cmd.Env, "BRICK_MOUNT_SOCKET="+d.cfg.Socket)
-	}
 	if p, err := d.store.Path(vol.Id); err == nil && d.cfg.LocalReads && !d.cfg.NoDisk {
 		cmd.Env = append(cmd.Env, "BRICK_MOUNT_REPLICA_DIR="+p)
 	}

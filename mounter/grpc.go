@@ -11,13 +11,10 @@ import (
 )
 
 // conns dials daemons over TLS authenticated by the cluster key and keeps
-// one gRPC connection per address. The daemon at local (this host's) is
-// dialled through its unix socket instead, when socket is set.
+// one gRPC connection per address.
 type conns struct {
 	key    *auth.Key
 	sender string
-	local  string
-	socket string
 
 	mu sync.Mutex
 	m  map[string]*grpc.ClientConn
@@ -33,15 +30,8 @@ func (c *conns) get(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, err
 	if cc, ok := c.m[addr]; ok {
 		return cc, nil
 	}
-	opts = append([]grpc.DialOption{
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20))}, opts...)
-	var cc *grpc.ClientConn
-	var err error
-	if c.socket != "" && addr == c.local {
-		cc, err = auth.NewLocalClient(c.socket, opts...)
-	} else {
-		cc, err = c.key.NewClient(addr, opts...)
-	}
+	cc, err := c.key.NewClient(addr, append([]grpc.DialOption{
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20))}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
 	}

@@ -22,14 +22,10 @@ import (
 
 // Config is what brickd hands a mount process.
 type Config struct {
-	Volume string
-	Dir    string
-	Epoch  uint64 // the epoch brickd attached at
-	Daemon string // gRPC address of this host's brickd
-	// Socket, when set, is that brickd's unix socket: connections to it
-	// (its brick's replication stream among them) go there, without TLS
-	// or TCP.
-	Socket  string
+	Volume  string
+	Dir     string
+	Epoch   uint64 // the epoch brickd attached at
+	Daemon  string // gRPC address of this host's brickd
 	BrickID string // this host's brick ID
 	Key     string // cluster key
 	// ReplicaTimeout: see head.Config.
@@ -78,7 +74,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("cluster key: %w", err)
 	}
 	c := newConns(key, "mount:"+cfg.BrickID)
-	c.local, c.socket = cfg.Daemon, cfg.Socket
 	defer c.closeAll()
 	dc, err := c.get(cfg.Daemon)
 	if err != nil {

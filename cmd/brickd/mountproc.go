@@ -72,7 +72,6 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 		NameCache:       nameCache,
 		Linger:          linger,
 		Daemon:          getenv("BRICK_MOUNT_DAEMON"),
-		Socket:          getenv("BRICK_MOUNT_SOCKET"),
 		BrickID:         getenv("BRICK_MOUNT_BRICK_ID"),
 		Key:             getenv("BRICK_CLUSTER_KEY"),
 		ReplicaTimeout:  timeout,
