@@ -557,8 +557,8 @@ func (r *Replica) Fence(epoch uint64) (*brickpb.FenceResponse, error) {
 }
 
 // Sync makes every applied op durable (one syncfs of the brick file
-// system, which also flushes meta.db's NoSync commits) and returns the
-// synced seq. It is what OP_SYNC does.
+// system, which also flushes the op log and meta.db's NoSync commits) and
+// returns the synced seq. It is what OP_SYNC does.
 func (r *Replica) Sync() (uint64, error) {
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
