@@ -80,6 +80,16 @@ func TestCSISanity(t *testing.T) {
 	if sanityRan.Swap(true) {
 		t.Skip("SKIPPING: ginkgo runs one suite per process; the sanity suite already ran (-count > 1)")
 	}
+	// A failed spec is restated last, after the daemons' log tails the
+	// harness prints, so that it survives a CI excerpt of the output's end
+	// (cleanups run last-registered first).
+	var failures []string
+	var seed int64
+	t.Cleanup(func() {
+		for _, f := range failures {
+			t.Errorf("sanity spec failed (replay the order with -ginkgo.seed=%d): %s", seed, f)
+		}
+	})
 	ns := startCSICluster(t, netCSISanity)
 	n := ns[0]
 	cfg := sanity.NewTestConfig()
@@ -92,6 +102,7 @@ func TestCSISanity(t *testing.T) {
 
 	var passed, skipped, failed, total int
 	ginkgo.ReportAfterSuite("brick CSI sanity counts", func(r ginkgo.Report) {
+		seed = r.SuiteConfig.RandomSeed
 		for _, s := range r.SpecReports {
 			if s.LeafNodeType != types.NodeTypeIt {
 				continue
@@ -105,6 +116,9 @@ func TestCSISanity(t *testing.T) {
 				t.Logf("skipped: %s: %s", s.FullText(), strings.TrimSpace(s.Failure.Message))
 			default:
 				failed++
+				failures = append(failures, fmt.Sprintf("%s (%s, %s after the suite started, took %s): %s at %s",
+					s.FullText(), s.State, s.StartTime.Sub(r.StartTime).Round(time.Millisecond),
+					s.RunTime.Round(time.Millisecond), strings.TrimSpace(s.Failure.Message), s.Failure.Location))
 			}
 		}
 	})
@@ -115,7 +129,7 @@ func TestCSISanity(t *testing.T) {
 	if !n.LogContains("volume mounted") || !n.LogContains("volume published on this node") {
 		t.Error("the sanity run never mounted a volume through the mount process and a bind")
 	}
-	t.Logf("CSI sanity: %d specs, %d passed, %d skipped, %d failed", total, passed, skipped, failed)
+	t.Logf("CSI sanity: %d specs, %d passed, %d skipped, %d failed (seed %d)", total, passed, skipped, failed, seed)
 }
 
 // csiClient is a CSI client of one daemon's socket.
