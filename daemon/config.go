@@ -13,6 +13,7 @@ import (
 
 	"github.com/brickvol/brick/plugin/csi"
 	"github.com/brickvol/brick/plugin/docker"
+	"github.com/brickvol/brick/replica"
 )
 
 // Fixed, documented ports on the bind address, so daemons on 127.0.0.1, .2
@@ -69,6 +70,10 @@ type Config struct {
 	// HealBandwidth throttles each heal (op-log catch-up and full resync),
 	// in bytes per second per brick; 0 is unlimited.
 	HealBandwidth int64
+	// WritebackWindow is the unit in which a brick hands a long sequential
+	// write to writeback and then drops it from the page cache
+	// (replica.ReplicaOptions.WritebackWindow); 0 never drops.
+	WritebackWindow int64
 	// MountLogLevel is the log level of the mount processes.
 	MountLogLevel string
 	// MountProcs is GOMAXPROCS of each mount process (0: Go's default, one
@@ -136,6 +141,7 @@ func DefaultConfig() Config {
 		ReplicaTimeout:    3 * time.Second,
 		FailoverTimeout:   10 * time.Second,
 		HealBandwidth:     64 << 20,
+		WritebackWindow:   8 << 20,
 		MountLogLevel:     "info",
 		MountProcs:        1,
 		NameCache:         1 << 18,
@@ -183,6 +189,9 @@ func (c Config) Validate() error {
 	}
 	if c.HealBandwidth < 0 {
 		return fmt.Errorf("--heal-bandwidth %d: must be positive, or 0 for unlimited", c.HealBandwidth)
+	}
+	if c.WritebackWindow != 0 && (c.WritebackWindow < 1<<20 || c.WritebackWindow > 1<<30) {
+		return fmt.Errorf("--writeback-window %d: want 0 (off) or 1M to 1G", c.WritebackWindow)
 	}
 	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
 		return fmt.Errorf("--gossip-profile %q: want lan or local", c.GossipProfile)
@@ -242,3 +251,12 @@ func SplitPeer(p string, defPort int) (string, int, error) {
 }
 
 func (c Config) addr(port int) string { return net.JoinHostPort(c.Bind, strconv.Itoa(port)) }
+
+// replicaOptions are the options every replica this daemon opens gets.
+func (c Config) replicaOptions(log *slog.Logger) replica.ReplicaOptions {
+	w := c.WritebackWindow
+	if w == 0 {
+		w = -1 // the replica's 0 is its default
+	}
+	return replica.ReplicaOptions{Logger: log, WritebackWindow: w}
+}

@@ -38,6 +38,8 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.GossipProfile = "wan" }, "--gossip-profile"},
 		{func(c *Config) { c.DeadVoterTimeout = 0 }, "--dead-voter-timeout"},
 		{func(c *Config) { c.ReplicaTimeout = -time.Second }, "--replica-timeout"},
+		{func(c *Config) { c.WritebackWindow = 4096 }, "--writeback-window"},
+		{func(c *Config) { c.WritebackWindow = -1 }, "--writeback-window"},
 	} {
 		c := good
 		tc.mut(&c)
@@ -45,6 +47,19 @@ func TestConfigValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("want an error naming %s, got %v", tc.want, err)
 		}
+	}
+}
+
+// The daemon's "off" (0) must reach a replica as off, not as the
+// replica's own default.
+func TestWritebackWindowReachesReplicas(t *testing.T) {
+	c := DefaultConfig()
+	if w := c.replicaOptions(nil).WritebackWindow; w != 8<<20 {
+		t.Errorf("default window %d, want 8 MiB", w)
+	}
+	c.WritebackWindow = 0
+	if w := c.replicaOptions(nil).WritebackWindow; w >= 0 {
+		t.Errorf("--writeback-window 0 gives replicas %d, want a negative (off)", w)
 	}
 }
 

@@ -48,7 +48,7 @@ func (rs *replicas) lookup(volumeID string) (*replica.Replica, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := replica.OpenReplica(dir, replica.ReplicaOptions{Logger: rs.d.log.With("volume", name)})
+	r, err := replica.OpenReplica(dir, rs.d.cfg.replicaOptions(rs.d.log.With("volume", name)))
 	if err != nil {
 		return nil, fmt.Errorf("opening the replica of %s: %w", name, err)
 	}

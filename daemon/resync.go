@@ -56,7 +56,7 @@ func (s *replicaService) Resync(ctx context.Context, req *brickpb.ResyncRequest)
 		"bytes_per_sec", req.BytesPerSec)
 	src := replica.Throttled(&replica.GRPCSource{Client: brickpb.NewReplicaClient(cc),
 		Ref: &brickpb.VolumeRef{Header: d.peers.header(0), VolumeId: ref.VolumeId, Epoch: ref.Epoch}}, req.BytesPerSec)
-	st, err := replica.BuildResync(ctx, staging, old, src, ref.Epoch, replica.ReplicaOptions{Logger: log})
+	st, err := replica.BuildResync(ctx, staging, old, src, ref.Epoch, d.cfg.replicaOptions(log))
 	if err != nil {
 		log.Error("full resync failed", "err", err)
 		return nil, status.Errorf(codes.Internal, "resync of %s from %s: %v", ref.VolumeId, req.SourceBrick, err)
@@ -83,7 +83,7 @@ func (rs *replicas) swap(volumeID, dir, staging string) error {
 	if err := replica.SwapReplica(dir, staging); err != nil {
 		return err
 	}
-	r, err := replica.OpenReplica(dir, replica.ReplicaOptions{Logger: rs.d.log.With("volume", volumeID)})
+	r, err := replica.OpenReplica(dir, rs.d.cfg.replicaOptions(rs.d.log.With("volume", volumeID)))
 	if err != nil {
 		return fmt.Errorf("opening the resynced replica: %w", err)
 	}

@@ -38,6 +38,9 @@ func (r *Replica) opWrite(op *brickpb.Op) (*brickpb.Attr, error) {
 		data, off = data[n:], off+int64(n)
 	}
 	r.dirtyRange(op.Fid, op.Offset, int64(len(op.Data)))
+	if err := r.dropBehind(o.fd, op.Fid, op.Offset, int64(len(op.Data))); err != nil {
+		return nil, localStep("writing back", err)
+	}
 	return fdAttr(op.Fid, o.fd)
 }
 

@@ -63,6 +63,10 @@ type ReplicaOptions struct {
 	// FDCacheSize is how many directory and file descriptors stay open
 	// (default 256).
 	FDCacheSize int
+	// WritebackWindow is the unit in which a long sequential write is
+	// handed to writeback and then dropped from the page cache
+	// (dropBehind; default 8 MiB, negative: never).
+	WritebackWindow int64
 	// Logger receives recovery and failure reports (default: discarded).
 	Logger *slog.Logger
 }
@@ -89,6 +93,9 @@ func (o ReplicaOptions) withDefaults() ReplicaOptions {
 	}
 	if o.FDCacheSize == 0 {
 		o.FDCacheSize = 256
+	}
+	if o.WritebackWindow == 0 {
+		o.WritebackWindow = 8 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -121,7 +128,9 @@ type Replica struct {
 	sumPuts  map[[2]uint64]sumVal     // (fid, chunk) -> checksums computed since then
 	watch    map[uint64]*chunkWatch   // fids whose checksums are being computed
 	hook     func(point string) error // tests: crash injection, nil otherwise
-	wal      *opLog                   // the op log (wal.go)
+	runs     map[uint64]*writeRun     // sequential write runs (dropBehind)
+	runClock uint64
+	wal      *opLog // the op log (wal.go)
 	// committedApplied is the applied position meta.db holds: the log
 	// keeps every op after it (a recovery replays them). sinceCommit
 	// counts the log bytes appended after it.
@@ -171,7 +180,7 @@ func OpenReplica(dir string, opts ReplicaOptions) (*Replica, error) {
 	r := &Replica{
 		dir: dir, opts: opts, log: opts.Logger.With("replica", dir),
 		dataFD: -1, fidsFD: -1,
-		fds:      newFDCache(opts.FDCacheSize),
+		fds: newFDCache(opts.FDCacheSize), runs: map[uint64]*writeRun{},
 		sumDrops: map[uint64][]chunkRange{}, sumPuts: map[[2]uint64]sumVal{},
 		watch: map[uint64]*chunkWatch{}, pendDirs: map[uint64]*dirRec{},
 	}

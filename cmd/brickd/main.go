@@ -58,6 +58,8 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 	b.dur(&cfg.ReplicaTimeout, "replica-timeout", "how long a volume's head waits for a brick before dropping it from the in-sync set")
 	healBW := volspec.FormatSize(uint64(cfg.HealBandwidth))
 	b.str(&healBW, "heal-bandwidth", "bytes per second each heal may send or fetch per brick (op-log catch-up and full resync), e.g. 64M; 0 for unlimited")
+	wbWindow := volspec.FormatSize(uint64(cfg.WritebackWindow))
+	b.str(&wbWindow, "writeback-window", "a brick hands each such piece of a long sequential write to the disk at once and drops it from the page cache once written (its copy is rarely read back; the cache stays for readers), e.g. 8M; 0 keeps everything cached")
 	b.dur(&cfg.FailoverTimeout, "failover-timeout", "how long the host holding a volume must be dead in gossip before another host's attach takes it over without --force")
 	b.int(&cfg.MountProcs, "mount-procs", "GOMAXPROCS of each mount process; 1 measured fastest, 0 means one per CPU")
 	b.dur(&cfg.ReplicationLinger, "replication-linger", "how long a volume's head may hold back writes and creates nobody waits for yet, to send them to the bricks in one message with those that follow (fewer, bigger batches); an fsync, a read or an op whose caller waits sends at once; 0 sends every op at once")
@@ -100,6 +102,14 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 		return 2
 	} else {
 		cfg.HealBandwidth = int64(n)
+	}
+	if wbWindow == "0" {
+		cfg.WritebackWindow = 0
+	} else if n, err := volspec.ParseSize(wbWindow); err != nil {
+		fmt.Fprintf(stderr, "brickd: --writeback-window: %v\n", err)
+		return 2
+	} else {
+		cfg.WritebackWindow = int64(n)
 	}
 	if peers != "" {
 		for _, p := range strings.Split(peers, ",") {
