@@ -24,7 +24,9 @@
 //   - Keep file data or metadata of its own beyond the kernel's caches and a
 //     node's last known attributes and size (for setgid inheritance, quota
 //     growth, and fstat of a directory removed while open), its open-handle
-//     count, the cached absence of security.capability (see below), and,
+//     count, the cached absence of security.capability (see below), a
+//     directory's attributes on a volume this host alone writes
+//     (dirattr.go), and,
 //     with a Locker, which lock owners may hold locks through which open
 //     file (to release them at close).
 //   - Do I/O on its own mount (see Deadlocks).

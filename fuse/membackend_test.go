@@ -23,7 +23,9 @@ type memBackend struct {
 	files   map[uint64]*memFile
 	now     func() time.Time
 	lookups int // META_LOOKUPs answered
-	lists   int // entries listed
+	// getattrs counts META_GETATTRs by file ID.
+	getattrs map[uint64]int
+	lists    int // entries listed
 }
 
 type memFile struct {
@@ -98,6 +100,12 @@ func (m *memBackend) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brick
 		resp.Statfs = &brickpb.Statfs{Blocks: 1 << 30, Bfree: 1 << 29, Bavail: 1 << 29,
 			Files: 1 << 20, Ffree: 1 << 19, Bsize: 4096, Namelen: 255}
 		return resp, nil
+	}
+	if req.Kind == brickpb.MetaKind_META_GETATTR {
+		if m.getattrs == nil {
+			m.getattrs = map[uint64]int{}
+		}
+		m.getattrs[req.Fid]++
 	}
 	if req.Kind == brickpb.MetaKind_META_LOOKUP {
 		m.lookups++

@@ -44,6 +44,11 @@ type node struct {
 	// cached. Only with the writeback cache (one writing host).
 	noCaps  bool
 	capsGen uint64
+
+	// dirAttr answers a directory's GETATTR without a brick; dirGen
+	// counts its changes (dirattr.go).
+	dirAttr *brickpb.Attr
+	dirGen  uint64
 }
 
 var (
@@ -140,6 +145,14 @@ func (n *node) Lookup(ctx context.Context, name string, out *gofuse.EntryOut) (*
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *gofuse.AttrOut) syscall.Errno {
+	var gen uint64
+	if n.dirAnswers() {
+		var a *brickpb.Attr
+		if a, gen = n.dirCached(); a != nil {
+			fillAttr(a, &out.Attr)
+			return 0
+		}
+	}
 	a, errno := n.fsys.getattr(ctx, "getattr", n.fid())
 	if errno == syscall.ENOENT {
 		a, errno = n.removedAttr()
@@ -148,11 +161,21 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *gofuse.AttrOut
 		return errno
 	}
 	n.remember(a)
+	if n.dirAnswers() {
+		n.dirKeep(a, gen)
+	}
 	fillAttr(a, &out.Attr)
 	return 0
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrIn, out *gofuse.AttrOut) syscall.Errno {
+	defer n.dirForget() // after the op: a GETATTR racing it must not keep the old attributes
+	if a, gone := n.forgottenAttr(); gone {
+		// The kernel pushes the times of a file it just unlinked; the
+		// file is forgotten everywhere, nobody can see them.
+		fillAttr(a, &out.Attr)
+		return 0
+	}
 	op := &brickpb.Op{Type: brickpb.OpType_OP_SETATTR, Fid: n.fid()}
 	if m, ok := in.GetMode(); ok {
 		op.Valid |= uint32(brickpb.SetattrBit_SETATTR_MODE)
@@ -320,6 +343,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
+	n.dirTouched(res.GetAttr().GetCtimeNs(), 0)
 	cn := ch.Operations().(*node)
 	if !n.fsys.opts.NoWritebackCache {
 		// A file this op just created has no xattrs: spare the first
@@ -411,6 +435,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *gofuse.
 	if errno != 0 {
 		return nil, errno
 	}
+	n.dirTouched(res.GetAttr().GetCtimeNs(), 1)
 	return n.entry(ctx, "mkdir", name, res, fid, out)
 }
 
@@ -425,6 +450,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 	if errno != 0 {
 		return nil, errno
 	}
+	n.dirTouched(res.GetAttr().GetCtimeNs(), 0)
 	return n.entry(ctx, "mknod", name, res, fid, out)
 }
 
@@ -439,6 +465,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *gofuse.Ent
 	if errno != 0 {
 		return nil, errno
 	}
+	n.dirTouched(res.GetAttr().GetCtimeNs(), 0)
 	return n.entry(ctx, "symlink", name, res, fid, out)
 }
 
@@ -459,6 +486,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if errno != 0 {
 		return nil, errno
 	}
+	n.dirTouched(a.CtimeNs, 0)
 	t.remember(a)
 	fillAttr(a, &out.Attr)
 	return t.EmbeddedInode(), 0
@@ -490,6 +518,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 			return n.fsys.fail("unlink", err, mutation, opAttrs(op)...)
 		}
 		ch.lostName(ctx, &brickpb.OpResult{Attr: &brickpb.Attr{Fid: ch.fid()}}, forget)
+		n.dirTouched(0, 0)
 		return 0
 	}
 	res, errno := n.fsys.do(ctx, "unlink", op)
@@ -502,6 +531,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if known {
 		ch.lostName(ctx, res, forget)
 	}
+	n.dirTouched(0, 0)
 	return 0
 }
 
@@ -520,8 +550,10 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return errno
 	}
 	if ch, ok := n.childNode(name); ok {
+		ch.dirForget()
 		ch.lostName(ctx, res, false)
 	}
+	n.dirTouched(0, -1)
 	return 0
 }
 
@@ -548,6 +580,16 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	_, errno := n.fsys.do(ctx, "rename", &brickpb.Op{Type: brickpb.OpType_OP_RENAME,
 		Parent: n.fid(), Name: name, NewParent: np.fid(), NewName: newName, Flags: flags})
+	// Links counts and times of both directories, and of a directory
+	// moved or replaced: not followed here.
+	n.dirForget()
+	np.dirForget()
+	if src, ok := n.childNode(name); ok {
+		src.dirForget()
+	}
+	if replaces {
+		victim.dirForget()
+	}
 	if errno != 0 {
 		return errno
 	}
@@ -587,6 +629,7 @@ func (n *node) listAhead(ctx context.Context) {
 // kept for the life of the handle so that seekdir/telldir offsets stay
 // valid.
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	n.dirForget() // a listing may move the directory's atime
 	var since uint64
 	l := n.fsys.lists
 	n.mu.Lock()
@@ -739,6 +782,7 @@ func copyOut(dest, data []byte) (uint32, syscall.Errno) {
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	defer n.dirForget() // ctime
 	n.capsChanging(attr)
 	defer n.capsChanging(attr)
 	_, errno := n.fsys.do(ctx, "setxattr", &brickpb.Op{Type: brickpb.OpType_OP_SETXATTR,
@@ -747,6 +791,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	defer n.dirForget() // ctime
 	n.capsChanging(attr)
 	defer n.capsChanging(attr)
 	_, errno := n.fsys.do(ctx, "removexattr", &brickpb.Op{Type: brickpb.OpType_OP_REMOVEXATTR,

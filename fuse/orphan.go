@@ -151,6 +151,20 @@ func (n *node) removedAttr() (*brickpb.Attr, syscall.Errno) {
 	return a, 0
 }
 
+// forgottenAttr answers for a non-directory the backend forgot (no name,
+// no handle, OP_FORGET done): its last attributes with nlink 0. Any op on
+// it would fail everywhere; what is set on it nobody can see.
+func (n *node) forgottenAttr() (*brickpb.Attr, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.IsDir() || !n.forgotten || n.opens > 0 || n.last == nil {
+		return nil, false
+	}
+	a := proto.Clone(n.last).(*brickpb.Attr)
+	a.Nlink = 0
+	return a, true
+}
+
 // OnForget is called when the kernel forgot the node. A non-directory that
 // lost a name and was not forgotten yet is checked, and forgotten by the
 // backend if it has no name left.
