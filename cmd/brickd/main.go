@@ -95,21 +95,16 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 		fmt.Fprintf(stderr, "brickd: unexpected argument %q (brickd takes only flags; see --help)\n", fs.Arg(0))
 		return 2
 	}
-	if healBW == "0" {
-		cfg.HealBandwidth = 0
-	} else if n, err := volspec.ParseSize(healBW); err != nil {
-		fmt.Fprintf(stderr, "brickd: --heal-bandwidth: %v\n", err)
-		return 2
-	} else {
-		cfg.HealBandwidth = int64(n)
-	}
-	if wbWindow == "0" {
-		cfg.WritebackWindow = 0
-	} else if n, err := volspec.ParseSize(wbWindow); err != nil {
-		fmt.Fprintf(stderr, "brickd: --writeback-window: %v\n", err)
-		return 2
-	} else {
-		cfg.WritebackWindow = int64(n)
+	for _, f := range []struct {
+		name, val string
+		dst       *int64
+	}{{"heal-bandwidth", healBW, &cfg.HealBandwidth}, {"writeback-window", wbWindow, &cfg.WritebackWindow}} {
+		n, err := sizeFlag(f.val)
+		if err != nil {
+			fmt.Fprintf(stderr, "brickd: --%s: %v\n", f.name, err)
+			return 2
+		}
+		*f.dst = n
 	}
 	if peers != "" {
 		for _, p := range strings.Split(peers, ",") {
@@ -221,4 +216,14 @@ func (b *binder) dur(p *time.Duration, name, usage string) {
 		*p = d
 	}
 	b.fs.DurationVar(p, name, *p, usage+" ["+envName(name)+"]")
+}
+
+// sizeFlag parses a size flag's value: "0" (off, unlimited), or a size
+// volspec.ParseSize takes (64M, 8 MiB, ...).
+func sizeFlag(v string) (int64, error) {
+	if v == "0" {
+		return 0, nil
+	}
+	n, err := volspec.ParseSize(v) // at most MaxInt64
+	return int64(n), err
 }
