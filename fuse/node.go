@@ -580,7 +580,7 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	_, errno := n.fsys.do(ctx, "rename", &brickpb.Op{Type: brickpb.OpType_OP_RENAME,
 		Parent: n.fid(), Name: name, NewParent: np.fid(), NewName: newName, Flags: flags})
-	// Links counts and times of both directories, and of a directory
+	// Link counts and times of both directories, and of a directory
 	// moved or replaced: not followed here.
 	n.dirForget()
 	np.dirForget()
