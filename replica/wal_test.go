@@ -322,3 +322,46 @@ func TestLogMovesOutOfMetaDB(t *testing.T) {
 		t.Errorf("log %d..%d, want 41..121", first, last)
 	}
 }
+
+// A spare taken for a new segment loses its records before it takes the
+// segment's name: they may carry the very seqs the segment is for (after
+// TruncateAfter), and a process that dies before the first append must
+// not find them there.
+func TestWALSpareKeepsNoRecords(t *testing.T) {
+	old := t.TempDir()
+	l, err := openOpLog(old, 4096, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	walAppend(t, l, 100, 5)
+	l.Close()
+	seg, err := os.ReadFile(filepath.Join(old, walDirName, segName(100)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, walDirName), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A spare holding sound records for seqs 100..104.
+	if err := os.WriteFile(filepath.Join(dir, walDirName, spareName(7)), seg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, err = openOpLog(dir, 4096, quietLog()); err != nil {
+		t.Fatal(err)
+	}
+	s, err := l.newSegment(100, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, walDirName, segName(100))); err != nil {
+		t.Fatalf("the spare was not reused as segment 100: %v", err)
+	}
+	s.f.Close() // the process dies before its first append
+	l.Close()
+	if l, err = openOpLog(dir, 4096, quietLog()); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	walCheck(t, l, 0, 0)
+}
