@@ -39,8 +39,9 @@ func (r *Replica) dropBehind(fd int, fid uint64, off, n int64) error {
 	}
 	r.runClock++
 	run := r.runs[fid]
-	if run == nil || off != run.next {
-		if run == nil && len(r.runs) >= maxRuns {
+	switch {
+	case run == nil:
+		if len(r.runs) >= maxRuns {
 			var oldest uint64
 			for f, x := range r.runs {
 				if oldest == 0 || x.age < r.runs[oldest].age {
@@ -51,6 +52,8 @@ func (r *Replica) dropBehind(fd int, fid uint64, off, n int64) error {
 		}
 		run = &writeRun{start: off}
 		r.runs[fid] = run
+	case off != run.next: // a new run of the same file, in place: random writes allocate nothing
+		run.start, run.kicked = off, run.kicked[:0]
 	}
 	run.next, run.age = off+n, r.runClock
 	for run.next-run.start >= w {

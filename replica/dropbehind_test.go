@@ -89,3 +89,27 @@ func TestDropBehindOff(t *testing.T) {
 		t.Errorf("only %d of 2048 pages cached with drop-behind off", n)
 	}
 }
+
+// Random writes (each one a new run) cost the apply loop no allocation,
+// and at most maxRuns files are followed.
+func TestDropBehindRandomWritesAllocateNothing(t *testing.T) {
+	r := &Replica{opts: ReplicaOptions{WritebackWindow: 1 << 20}, runs: map[uint64]*writeRun{}}
+	for fid := uint64(2); fid < 2+2*maxRuns; fid++ {
+		if err := r.dropBehind(-1, fid, 0, 4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(r.runs) != maxRuns {
+		t.Errorf("%d runs followed, want %d", len(r.runs), maxRuns)
+	}
+	off := int64(1 << 30)
+	allocs := testing.AllocsPerRun(1000, func() {
+		off -= 8192 // never where the run's last write ended
+		if err := r.dropBehind(-1, 2+2*maxRuns-1, off, 4096); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per random write, want 0", allocs)
+	}
+}
