@@ -23,8 +23,10 @@ type memBackend struct {
 	files   map[uint64]*memFile
 	now     func() time.Time
 	lookups int // META_LOOKUPs answered
-	// getattrs counts META_GETATTRs by file ID.
+	// getattrs counts META_GETATTRs by file ID, opsOn the ops naming a
+	// file ID.
 	getattrs map[uint64]int
+	opsOn    map[uint64]int
 	lists    int // entries listed
 }
 
@@ -170,6 +172,12 @@ func (m *memBackend) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brick
 func (m *memBackend) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if op.Fid != 0 {
+		if m.opsOn == nil {
+			m.opsOn = map[uint64]int{}
+		}
+		m.opsOn[op.Fid]++
+	}
 	f, errno := m.apply(op)
 	res := &brickpb.OpResult{Errno: uint32(errno)}
 	if errno == 0 && f != nil {
