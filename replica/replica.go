@@ -129,8 +129,8 @@ type Replica struct {
 	watch    map[uint64]*chunkWatch   // fids whose checksums are being computed
 	hook     func(point string) error // tests: crash injection, nil otherwise
 	runs     map[uint64]*writeRun     // sequential write runs (dropBehind)
-	runClock uint64
-	wal      *opLog // the op log (wal.go)
+	runClock uint64                   // ages runs, for evicting the oldest
+	wal      *opLog                   // the op log (wal.go)
 	// committedApplied is the applied position meta.db holds: the log
 	// keeps every op after it (a recovery replays them). sinceCommit
 	// counts the log bytes appended after it.
