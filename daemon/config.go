@@ -74,6 +74,10 @@ type Config struct {
 	// write to writeback and then drops it from the page cache
 	// (replica.ReplicaOptions.WritebackWindow); 0 never drops.
 	WritebackWindow int64
+	// SpareFiles is how many emptied inodes of deleted files each replica
+	// keeps for new files (replica.ReplicaOptions.SpareFiles); 0 keeps
+	// none.
+	SpareFiles int
 	// MountLogLevel is the log level of the mount processes.
 	MountLogLevel string
 	// MountProcs is GOMAXPROCS of each mount process (0: Go's default, one
@@ -142,6 +146,7 @@ func DefaultConfig() Config {
 		FailoverTimeout:   10 * time.Second,
 		HealBandwidth:     64 << 20,
 		WritebackWindow:   8 << 20,
+		SpareFiles:        16384,
 		MountLogLevel:     "info",
 		MountProcs:        1,
 		NameCache:         1 << 18,
@@ -189,6 +194,9 @@ func (c Config) Validate() error {
 	}
 	if c.HealBandwidth < 0 {
 		return fmt.Errorf("--heal-bandwidth %d: must be positive, or 0 for unlimited", c.HealBandwidth)
+	}
+	if c.SpareFiles < 0 || c.SpareFiles > 1<<20 {
+		return fmt.Errorf("--spare-files %d: want 0 (none) to 1048576", c.SpareFiles)
 	}
 	if c.WritebackWindow != 0 && (c.WritebackWindow < 1<<20 || c.WritebackWindow > 1<<30) {
 		return fmt.Errorf("--writeback-window %d: want 0 (off) or 1M to 1G", c.WritebackWindow)
@@ -258,5 +266,9 @@ func (c Config) replicaOptions(log *slog.Logger) replica.ReplicaOptions {
 	if w == 0 {
 		w = -1 // the replica's 0 is its default
 	}
-	return replica.ReplicaOptions{Logger: log, WritebackWindow: w}
+	spares := c.SpareFiles
+	if spares == 0 {
+		spares = -1 // likewise
+	}
+	return replica.ReplicaOptions{Logger: log, WritebackWindow: w, SpareFiles: spares}
 }

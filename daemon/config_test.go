@@ -40,6 +40,8 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.ReplicaTimeout = -time.Second }, "--replica-timeout"},
 		{func(c *Config) { c.WritebackWindow = 4096 }, "--writeback-window"},
 		{func(c *Config) { c.WritebackWindow = -1 }, "--writeback-window"},
+		{func(c *Config) { c.SpareFiles = -1 }, "--spare-files"},
+		{func(c *Config) { c.SpareFiles = 1<<20 + 1 }, "--spare-files"},
 	} {
 		c := good
 		tc.mut(&c)
@@ -52,7 +54,7 @@ func TestConfigValidate(t *testing.T) {
 
 // The daemon's "off" (0) must reach a replica as off, not as the
 // replica's own default.
-func TestWritebackWindowReachesReplicas(t *testing.T) {
+func TestOffReachesReplicas(t *testing.T) {
 	c := DefaultConfig()
 	if w := c.replicaOptions(nil).WritebackWindow; w != 8<<20 {
 		t.Errorf("default window %d, want 8 MiB", w)
@@ -60,6 +62,13 @@ func TestWritebackWindowReachesReplicas(t *testing.T) {
 	c.WritebackWindow = 0
 	if w := c.replicaOptions(nil).WritebackWindow; w >= 0 {
 		t.Errorf("--writeback-window 0 gives replicas %d, want a negative (off)", w)
+	}
+	if n := c.replicaOptions(nil).SpareFiles; n != 16384 {
+		t.Errorf("default spare files %d, want 16384", n)
+	}
+	c.SpareFiles = 0
+	if n := c.replicaOptions(nil).SpareFiles; n >= 0 {
+		t.Errorf("--spare-files 0 gives replicas %d, want a negative (none)", n)
 	}
 }
 

@@ -292,9 +292,6 @@ func (m *memBackend) apply(op *brickpb.Op) (*memFile, syscall.Errno) {
 		}
 	case brickpb.OpType_OP_SETATTR:
 		v := op.Valid
-		if v&uint32(brickpb.SetattrBit_SETATTR_MODE) != 0 {
-			f.attr.Mode = f.attr.Mode&syscall.S_IFMT | op.Mode&07777
-		}
 		if v&uint32(brickpb.SetattrBit_SETATTR_UID) != 0 {
 			f.attr.Uid = op.Uid
 		}
@@ -303,6 +300,18 @@ func (m *memBackend) apply(op *brickpb.Op) (*memFile, syscall.Errno) {
 		}
 		if v&uint32(brickpb.SetattrBit_SETATTR_SIZE) != 0 {
 			m.resize(f, op.Size)
+		}
+		// As a brick's kernel: a chown clears the set-ID bits, and so
+		// does the kill flag (killpriv.go); an explicit mode wins.
+		chown := v&uint32(brickpb.SetattrBit_SETATTR_UID|brickpb.SetattrBit_SETATTR_GID) != 0
+		if f.attr.Mode&syscall.S_IFMT == syscall.S_IFREG && (chown || op.Flags&brickpb.SetattrKillSUIDGID != 0) {
+			f.attr.Mode &^= syscall.S_ISUID
+			if f.attr.Mode&(syscall.S_ISGID|syscall.S_IXGRP) == syscall.S_ISGID|syscall.S_IXGRP {
+				f.attr.Mode &^= syscall.S_ISGID
+			}
+		}
+		if v&uint32(brickpb.SetattrBit_SETATTR_MODE) != 0 {
+			f.attr.Mode = f.attr.Mode&syscall.S_IFMT | op.Mode&07777
 		}
 		if v&uint32(brickpb.SetattrBit_SETATTR_ATIME) != 0 {
 			f.attr.AtimeNs = op.AtimeNs

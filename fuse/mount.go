@@ -170,13 +170,16 @@ func Mount(dir string, b Backend, opts Options) (*Server, error) {
 		Logger:          slog.NewLogLogger(fsys.log.Handler(), slog.LevelWarn),
 	}
 	if !opts.NoWritebackCache {
-		fsOpts.MountOptions.ExtraCapabilities = gofuse.CAP_WRITEBACK_CACHE
+		fsOpts.MountOptions.ExtraCapabilities = gofuse.CAP_WRITEBACK_CACHE | gofuse.CAP_HANDLE_KILLPRIV_V2
 		fsOpts.NegativeTimeout = cacheTime(opts.EntryTimeout)
 	}
 	// Forward locks to a Locker: the kernel negotiates FUSE_POSIX_LOCKS and
 	// FUSE_FLOCK_LOCKS, and lockFS releases them at close (locks.go).
 	fsOpts.MountOptions.EnableLocks = fsys.locker != nil
 	var raw gofuse.RawFileSystem = fs.NewNodeFS(root, fsOpts)
+	if !opts.NoWritebackCache {
+		raw = killPrivFS{raw} // killpriv.go
+	}
 	if fsys.locker != nil {
 		fsys.lockFS = newLockFS(raw, fsys, fsys.locker)
 		raw = fsys.lockFS

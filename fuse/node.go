@@ -197,6 +197,9 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 		op.Valid |= uint32(brickpb.SetattrBit_SETATTR_MTIME)
 		op.MtimeNs = unixNano(t)
 	}
+	if in.Valid&gofuse.FATTR_KILL_SUIDGID != 0 && n.mustKill() {
+		op.Flags |= brickpb.SetattrKillSUIDGID // killpriv.go
+	}
 	release := func() {}
 	sz, setSize := in.GetSize()
 	if setSize {
@@ -210,7 +213,13 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 			return errno
 		}
 	}
-	if op.Valid == 0 { // only ctime, a lock owner or a handle: nothing to store
+	if op.Valid == 0 && op.Flags == 0 {
+		if in.Valid == gofuse.FATTR_KILL_SUIDGID {
+			// killPrivFS's, before a write, with nothing to clear: it
+			// drops the reply.
+			return 0
+		}
+		// Only ctime, a lock owner or a handle: nothing to store.
 		return n.Getattr(ctx, f, out)
 	}
 	if a, ok, errno := n.setattrEarly(ctx, op); ok || errno != 0 {
@@ -235,6 +244,21 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 	return 0
 }
 
+// mustKill says whether a FATTR_KILL_SUIDGID may have set-ID bits to
+// clear: unless the node's attributes are this file system's own doing
+// (the writeback cache: nobody else writes) and show none, the brick
+// decides on the mode it has.
+func (n *node) mustKill() bool {
+	if n.StableAttr().Mode != syscall.S_IFREG {
+		return false // the kernel kills only on regular files
+	}
+	n.mu.Lock()
+	last := n.last
+	n.mu.Unlock()
+	return n.fsys.opts.NoWritebackCache || last == nil ||
+		last.Mode&syscall.S_ISUID != 0 || last.Mode&(syscall.S_ISGID|syscall.S_IXGRP) == syscall.S_ISGID|syscall.S_IXGRP
+}
+
 // setattrEarly answers a SETATTR of a regular file without waiting for a
 // brick, when the answer is known here and the op cannot fail: a change of
 // mode, times or (to what they already are, with no set-ID bit the brick's
@@ -250,7 +274,7 @@ func (n *node) setattrEarly(ctx context.Context, op *brickpb.Op) (a *brickpb.Att
 	}
 	const early = brickpb.SetattrBit_SETATTR_MODE | brickpb.SetattrBit_SETATTR_ATIME |
 		brickpb.SetattrBit_SETATTR_MTIME | brickpb.SetattrBit_SETATTR_UID | brickpb.SetattrBit_SETATTR_GID
-	if op.Valid&^uint32(early) != 0 {
+	if op.Valid&^uint32(early) != 0 || op.Flags != 0 {
 		return nil, false, 0
 	}
 	has := func(b brickpb.SetattrBit) bool { return op.Valid&uint32(b) != 0 }

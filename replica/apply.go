@@ -386,12 +386,29 @@ func (r *Replica) opCreate(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 	}
 	defer p.release()
 	gen := r.fds.generation()
-	fd, err := openat(p.fd, op.Name, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	fd, spare := -1, false
+	if !redo && !hasDefaultACL(p.fd) {
+		if fd, err = r.takeSpare(p.fd, op.Name); err != nil {
+			return nil, err
+		}
+		spare = fd >= 0
+	}
+	if fd < 0 {
+		fd, err = openat(p.fd, op.Name, unix.O_CREAT|unix.O_EXCL|unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	}
 	if err == unix.EEXIST && redo {
 		return r.resumeNonDir(op, p, unix.S_IFREG)
 	}
 	if err != nil {
 		return nil, err
+	}
+	if spare && op.MtimeNs == 0 && op.AtimeNs == 0 {
+		// A new file's times are now (ownAndStat sets stamped ones).
+		now := [2]unix.Timespec{{Nsec: unix.UTIME_NOW}, {Nsec: unix.UTIME_NOW}}
+		if err := futimens(fd, &now); err != nil {
+			closeFD(fd)
+			return nil, localStep("setting a spare's times", err)
+		}
 	}
 	err = r.hookAt("create")
 	if err == nil {
@@ -650,7 +667,7 @@ func (r *Replica) opUnlink(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 		// was op.Fid's when the op began: the intent says).
 		if forget && r.intent.src == op.Fid {
 			if st, err := lstatAt(r.fidsFD, fidName(op.Fid)); err == nil && st.Nlink == 1 {
-				return nil, r.dropFIDLink(op.Fid)
+				return nil, r.dropFIDLink(op.Fid, &st)
 			}
 		}
 		return nil, nil
@@ -678,7 +695,7 @@ func (r *Replica) opUnlink(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 		if err := r.hookAt("unlink-forget"); err != nil {
 			return nil, err
 		}
-		if err := r.dropFIDLink(fid); err != nil {
+		if err := r.dropFIDLink(fid, &st); err != nil {
 			return nil, err
 		}
 	}

@@ -105,12 +105,24 @@ const setattrAll = uint32(brickpb.SetattrBit_SETATTR_MODE | brickpb.SetattrBit_S
 	brickpb.SetattrBit_SETATTR_GID | brickpb.SetattrBit_SETATTR_SIZE |
 	brickpb.SetattrBit_SETATTR_ATIME | brickpb.SetattrBit_SETATTR_MTIME)
 
-// opSetattr applies, in this order, size, owner, mode and times (so a
-// mode in the same op wins over the set-ID bits a chown clears, and the
-// times over those a truncate sets).
+// killSUIDGID is mode without the bits a write, truncate or chown by a
+// caller without CAP_FSETID clears: set-user-ID, and set-group-ID when the
+// group may execute (without that it marks mandatory locking).
+func killSUIDGID(mode uint32) uint32 {
+	mode &^= unix.S_ISUID
+	if mode&(unix.S_ISGID|unix.S_IXGRP) == unix.S_ISGID|unix.S_IXGRP {
+		mode &^= unix.S_ISGID
+	}
+	return mode
+}
+
+// opSetattr applies, in this order, size, owner, the set-ID kill
+// (brickpb.SetattrKillSUIDGID), mode and times (so a mode in the same op
+// wins over the set-ID bits a chown or kill clears, and the times over
+// those a truncate sets).
 func (r *Replica) opSetattr(op *brickpb.Op) (*brickpb.Attr, error) {
 	v := op.Valid
-	if v&^setattrAll != 0 {
+	if v&^setattrAll != 0 || op.Flags&^brickpb.SetattrKillSUIDGID != 0 {
 		return nil, unix.EINVAL
 	}
 	has := func(b brickpb.SetattrBit) bool { return v&uint32(b) != 0 }
@@ -155,6 +167,18 @@ func (r *Replica) opSetattr(op *brickpb.Op) (*brickpb.Attr, error) {
 		}
 		if err != nil {
 			return nil, err
+		}
+	}
+	if op.Flags&brickpb.SetattrKillSUIDGID != 0 && t.dir == nil && isReg(&t.st) {
+		// After the chown above, which may have cleared them already.
+		st, err := lstatAt(r.fidsFD, t.name)
+		if err != nil {
+			return nil, localStep("stat", err)
+		}
+		if m := killSUIDGID(st.Mode); m != st.Mode {
+			if err := unix.Fchmodat(r.fidsFD, t.name, m&0o7777, 0); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if has(brickpb.SetattrBit_SETATTR_MODE) {
@@ -251,15 +275,24 @@ func (r *Replica) opForget(op *brickpb.Op) error {
 	if st.Nlink > 1 {
 		return unix.EBUSY
 	}
-	return r.dropFIDLink(op.Fid)
+	return r.dropFIDLink(op.Fid, &st)
 }
 
 // dropFIDLink removes the fids/ link of a file that has no other name left
-// (OP_FORGET, OP_UNLINK with UnlinkForget).
-func (r *Replica) dropFIDLink(fid uint64) error {
-	if err := unix.Unlinkat(r.fidsFD, fidName(fid), 0); err != nil {
-		return localStep("unlinking from fids/", err)
+// (OP_FORGET, OP_UNLINK with UnlinkForget), st its lstat: a regular file
+// becomes a spare inode when it can (spares.go).
+func (r *Replica) dropFIDLink(fid uint64, st *unix.Stat_t) error {
+	recycled, err := r.recycle(fid, st)
+	if err != nil {
+		return err
 	}
+	if !recycled {
+		if err := unix.Unlinkat(r.fidsFD, fidName(fid), 0); err != nil {
+			return localStep("unlinking from fids/", err)
+		}
+	}
+	// After the link (a reader in between hears ENOENT, see walkDir) and
+	// before the inode can be another file's (the next create).
 	r.fds.evict(fid)
 	r.dirtyFrom(fid, 0)
 	return nil

@@ -16,6 +16,8 @@
 //	fids/     for every non-directory, a hard link named by its file ID in
 //	          decimal: ops address files by ID, and a file unlinked from the
 //	          tree stays readable until OP_FORGET removes this link
+//	spare/    emptied inodes of deleted files, which creates rename into
+//	          place instead of allocating new ones (spares.go)
 //	oplog/    the op log: segment files of checksummed records (wal.go)
 //	meta.db   bbolt: position, epoch promise, directory map, chunk
 //	          checksums (records.go lists the buckets)

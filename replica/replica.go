@@ -67,6 +67,10 @@ type ReplicaOptions struct {
 	// handed to writeback and then dropped from the page cache
 	// (dropBehind; default 8 MiB, negative: never).
 	WritebackWindow int64
+	// SpareFiles is how many emptied inodes of deleted files are kept in
+	// spare/ for new files to reuse (spares.go; default 16384, negative:
+	// none).
+	SpareFiles int
 	// Logger receives recovery and failure reports (default: discarded).
 	Logger *slog.Logger
 }
@@ -96,6 +100,9 @@ func (o ReplicaOptions) withDefaults() ReplicaOptions {
 	}
 	if o.WritebackWindow == 0 {
 		o.WritebackWindow = 8 << 20
+	}
+	if o.SpareFiles == 0 {
+		o.SpareFiles = 16384
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -131,6 +138,7 @@ type Replica struct {
 	runs     map[uint64]*writeRun     // sequential write runs (dropBehind)
 	runClock uint64                   // ages runs, for evicting the oldest
 	wal      *opLog                   // the op log (wal.go)
+	spares   spares                   // emptied inodes for creates (spares.go)
 	// committedApplied is the applied position meta.db holds: the log
 	// keeps every op after it (a recovery replays them). sinceCommit
 	// counts the log bytes appended after it.
@@ -179,7 +187,7 @@ func OpenReplica(dir string, opts ReplicaOptions) (*Replica, error) {
 	opts = opts.withDefaults()
 	r := &Replica{
 		dir: dir, opts: opts, log: opts.Logger.With("replica", dir),
-		dataFD: -1, fidsFD: -1,
+		dataFD: -1, fidsFD: -1, spares: spares{fd: -1},
 		fds: newFDCache(opts.FDCacheSize), runs: map[uint64]*writeRun{},
 		sumDrops: map[uint64][]chunkRange{}, sumPuts: map[[2]uint64]sumVal{},
 		watch: map[uint64]*chunkWatch{}, pendDirs: map[uint64]*dirRec{},
@@ -211,6 +219,9 @@ func (r *Replica) open() error {
 	}
 	if r.fidsFD, err = openat(unix.AT_FDCWD, filepath.Join(r.dir, "fids"), oDir, 0); err != nil {
 		return fmt.Errorf("opening fids/: %w", err)
+	}
+	if r.spares, err = openSpares(r.dir, r.opts.SpareFiles); err != nil {
+		return err
 	}
 	if fresh {
 		if err := unix.Fchmod(r.dataFD, 0o755); err != nil {
@@ -669,6 +680,7 @@ func (r *Replica) Close() error {
 // release closes descriptors and meta.db without writing anything.
 func (r *Replica) release() {
 	r.fds.closeAll()
+	r.spares.close()
 	for _, fd := range []*int{&r.dataFD, &r.fidsFD} {
 		if *fd >= 0 {
 			closeFD(*fd)

@@ -148,11 +148,11 @@ func TestStatus(t *testing.T) {
 }
 
 func TestVersionHelpAndGroups(t *testing.T) {
-	if out := ok(t, nil, "version"); !strings.HasPrefix(out, "brick ") || !strings.Contains(out, "(protocol 2, go") {
+	if out := ok(t, nil, "version"); !strings.HasPrefix(out, "brick ") || !strings.Contains(out, "(protocol 3, go") {
 		t.Errorf("version: %q", out)
 	}
 	var v versionJSON
-	if err := json.Unmarshal([]byte(ok(t, nil, "version", "--json")), &v); err != nil || v.ProtocolVersion != 2 {
+	if err := json.Unmarshal([]byte(ok(t, nil, "version", "--json")), &v); err != nil || v.ProtocolVersion != 3 {
 		t.Errorf("version --json: %v %+v", err, v)
 	}
 	for _, args := range [][]string{nil, {"--help"}, {"volume"}, {"volume", "create", "--help"}, {"help", "peer"}} {

@@ -60,6 +60,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 	b.str(&healBW, "heal-bandwidth", "bytes per second each heal may send or fetch per brick (op-log catch-up and full resync), e.g. 64M; 0 for unlimited")
 	wbWindow := volspec.FormatSize(uint64(cfg.WritebackWindow))
 	b.str(&wbWindow, "writeback-window", "a brick hands each such piece of a long sequential write to the disk at once and drops it from the page cache once written (its copy is rarely read back; the cache stays for readers), e.g. 8M; 0 keeps everything cached")
+	b.int(&cfg.SpareFiles, "spare-files", "emptied inodes of deleted files each replica keeps for new files to take instead of allocating (spare/ beside data/; on ext4 without a journal every new inode otherwise skips those freed in the last minutes, one by one); 0 keeps none")
 	b.dur(&cfg.FailoverTimeout, "failover-timeout", "how long the host holding a volume must be dead in gossip before another host's attach takes it over without --force")
 	b.int(&cfg.MountProcs, "mount-procs", "GOMAXPROCS of each mount process; 1 measured fastest, 0 means one per CPU")
 	b.dur(&cfg.ReplicationLinger, "replication-linger", "how long a volume's head may hold back writes and creates nobody waits for yet, to send them to the bricks in one message with those that follow (fewer, bigger batches); an fsync, a read or an op whose caller waits sends at once; 0 sends every op at once")
