@@ -515,6 +515,17 @@ func (r *Replica) resumeNonDir(op *brickpb.Op, p *openFD, typ uint32) (*brickpb.
 	if !ours || st.Mode&unix.S_IFMT != typ {
 		return nil, unix.EEXIST
 	}
+	if typ == unix.S_IFREG {
+		// The times the op stamped, or now: the entry may be a spare,
+		// whose times are its last file's (spares.go).
+		ts := []unix.Timespec{{Nsec: unix.UTIME_NOW}, {Nsec: unix.UTIME_NOW}}
+		if op.MtimeNs != 0 || op.AtimeNs != 0 {
+			ts[0], ts[1] = unix.NsecToTimespec(op.AtimeNs), unix.NsecToTimespec(op.MtimeNs)
+		}
+		if err := unix.UtimesNanoAt(p.fd, op.Name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return nil, localStep("setting a resumed create's times", err)
+		}
+	}
 	return r.finishNonDir(op, p, typ, true)
 }
 

@@ -204,3 +204,42 @@ func TestSparesAcrossOpens(t *testing.T) {
 		t.Errorf("SpareFiles -1: a delete made spare/ %v", n)
 	}
 }
+
+// TestSpareCreateCrash: a crash after a spare was renamed into place, before
+// it was tagged, leaves what an interrupted create leaves; recovery
+// finishes the create with the op's own times, not the spare's.
+func TestSpareCreateCrash(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "vol")
+	r := openTest(t, dir, ReplicaOptions{})
+	must(t, r, createOp(1, "old", 2, 0o644))
+	must(t, r, forgetOp(1, "old", 2))
+	create := next(r, createOp(1, "new", 3, 0o640))
+	create.AtimeNs, create.MtimeNs = 2e18, 2e18+7
+	r.hook = func(p string) error {
+		if p == "create" {
+			return errCrash
+		}
+		return nil
+	}
+	if _, err := r.Apply([]*brickpb.Op{create}); !errors.Is(err, errCrash) {
+		t.Fatalf("apply: %v, want the simulated crash", err)
+	}
+	if fid, err := fidAt(r.dataFD, "new"); err != unix.ENODATA {
+		t.Fatalf("at the crash the new entry has tag %d (%v), want an untagged spare", fid, err)
+	}
+	r.crash()
+	r = openTest(t, dir, ReplicaOptions{})
+	defer r.Close()
+	if applied, _, _, _ := r.State(); applied < create.Seq {
+		if _, err := r.Apply([]*brickpb.Op{create}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, errno := lookup(t, r, 1, "new")
+	if errno != 0 || a.Fid != 3 || a.MtimeNs != 2e18+7 || a.AtimeNs != 2e18 || a.Mode != syscall.S_IFREG|0o640 {
+		t.Errorf("the create finished after the crash: %+v, errno %v", a, errno)
+	}
+	if n := spareNames(t, r); len(n) != 0 {
+		t.Errorf("spare/ holds %v, want the spare used", n)
+	}
+}
