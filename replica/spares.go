@@ -39,10 +39,10 @@ type spares struct {
 }
 
 // openSpares opens (making it if needed) spare/ and lists its entries,
-// deleting what is not a clean spare and what exceeds max (max <= 0: the
-// pool is off and spare/ is emptied).
-func openSpares(dir string, max int) (spares, error) {
-	s := spares{fd: -1, max: max}
+// deleting what is not a clean spare and what exceeds limit (limit <= 0:
+// the pool is off and spare/ is emptied).
+func openSpares(dir string, limit int) (spares, error) {
+	s := spares{fd: -1, max: limit}
 	path := filepath.Join(dir, spareDir)
 	if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return s, fmt.Errorf("making %s: %w", path, err)
@@ -58,9 +58,9 @@ func openSpares(dir string, max int) (spares, error) {
 	}
 	for _, e := range ents {
 		n, perr := strconv.ParseUint(e.name, 10, 64)
-		if perr == nil && len(s.names) < max && cleanSpare(fd, e.name) {
+		if perr == nil && len(s.names) < limit && cleanSpare(fd, e.name) {
 			s.names = append(s.names, n)
-			s.next = maxU64(s.next, n+1)
+			s.next = max(s.next, n+1)
 			continue
 		}
 		if err := unix.Unlinkat(fd, e.name, 0); err != nil && err != unix.ENOENT {
@@ -75,13 +75,6 @@ func openSpares(dir string, max int) (spares, error) {
 	}
 	s.fd = fd
 	return s, nil
-}
-
-func maxU64(a, b uint64) uint64 {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 // cleanSpare says whether entry name of spare/ is what a create's first
