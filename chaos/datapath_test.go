@@ -19,6 +19,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/posixtest"
 
 	"github.com/brickvol/brick/chaos/harness"
+	"github.com/brickvol/brick/internal/sysmon"
 	"github.com/brickvol/brick/replica"
 )
 
@@ -445,6 +446,37 @@ func TestSQLiteOnMount(t *testing.T) {
 	}
 	if got := run("PRAGMA integrity_check;"); got != "ok" {
 		t.Errorf("integrity_check: %s", got)
+	}
+	checkSysmon(t, ds[0])
+}
+
+// checkSysmon: a brickd runs re-executed with its monitor thread kept
+// steady (--steady-sysmon, on by default), its mount processes without.
+func checkSysmon(t *testing.T, d *harness.Daemon) {
+	t.Helper()
+	godebug := func(pid int) string {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			t.Fatalf("reading the environment of process %d: %v", pid, err)
+		}
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	if g := godebug(d.PID()); !strings.Contains(g, sysmon.Setting) {
+		t.Errorf("%s runs with GODEBUG=%q, want it to hold %s", d.Name, g, sysmon.Setting)
+	}
+	pids := d.MountPIDs()
+	if len(pids) == 0 {
+		t.Fatalf("%s has no mount process", d.Name)
+	}
+	for _, pid := range pids {
+		if g := godebug(pid); strings.Contains(g, sysmon.Setting) {
+			t.Errorf("mount process %d runs with GODEBUG=%q, want Go's default", pid, g)
+		}
 	}
 }
 

@@ -215,6 +215,16 @@ func (d *Daemon) Running() bool {
 	return d.cmd != nil
 }
 
+// PID is the process ID of the running daemon (0 when it is not running).
+func (d *Daemon) PID() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd == nil {
+		return 0
+	}
+	return d.cmd.Process.Pid
+}
+
 // MountPIDs are the PIDs of the daemon's mount processes, from brickd's
 // records.
 func (d *Daemon) MountPIDs() []int {
