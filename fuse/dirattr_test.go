@@ -140,3 +140,34 @@ func TestDirAttrsAskedWhenShared(t *testing.T) {
 		t.Errorf("only %d of 5 stats after creates reached the backend on a shared mount", n)
 	}
 }
+
+// A directory this mount made starts with the attributes mkdir answered:
+// neither the kernel's GETATTR before each create in it nor a stat reaches
+// the backend, and the stat says what the creates did.
+func TestNewDirAttrsFromMkdir(t *testing.T) {
+	requireFUSE(t)
+	b := &submitBackend{memBackend: newMemBackend()}
+	_, dir := mount(t, b, Options{})
+	d := filepath.Join(dir, "new")
+	if err := os.Mkdir(d, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := os.WriteFile(filepath.Join(d, "f"+string(rune('a'+i))), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(d, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	st := statT(t, d)
+	if n := b.getattrsOf(st.Ino); n != 0 {
+		t.Errorf("%d GETATTRs of a directory made here reached the backend, want none", n)
+	}
+	b.memBackend.mu.Lock()
+	want := clone(b.files[st.Ino].attr)
+	b.memBackend.mu.Unlock()
+	if st.Mode != want.Mode || st.Nlink != uint64(want.Nlink) || st.Uid != want.Uid {
+		t.Errorf("stat: mode %o nlink %d uid %d; backend has %o %d %d", st.Mode, st.Nlink, st.Uid, want.Mode, want.Nlink, want.Uid)
+	}
+}

@@ -82,6 +82,13 @@ func (n *node) remember(a *brickpb.Attr) {
 	n.mu.Unlock()
 }
 
+// lastAttr returns the attributes remember kept.
+func (n *node) lastAttr() *brickpb.Attr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.last
+}
+
 // grewTo records that the file now reaches at least end.
 func (n *node) grewTo(end int64) {
 	n.mu.Lock()
@@ -460,7 +467,16 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *gofuse.
 		return nil, errno
 	}
 	n.dirTouched(res.GetAttr().GetCtimeNs(), 1)
-	return n.entry(ctx, "mkdir", name, res, fid, out)
+	ch, errno := n.entry(ctx, "mkdir", name, res, fid, out)
+	if errno == 0 && n.dirAnswers() {
+		// The new directory's GETATTRs (the kernel asks before each
+		// create in it) start from what mkdir answered, as the kernel
+		// does: no brick round trip for a directory nobody else changed.
+		if cn, ok := ch.Operations().(*node); ok {
+			cn.dirKeep(cn.lastAttr(), 0)
+		}
+	}
+	return ch, errno
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *gofuse.EntryOut) (*fs.Inode, syscall.Errno) {
