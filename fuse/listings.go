@@ -1,7 +1,10 @@
 package fuse
 
 import (
+	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/brickvol/brick/proto/brickpb"
@@ -36,6 +39,10 @@ type listings struct {
 type listing struct {
 	until   time.Time
 	entries map[string]*brickpb.Attr
+	// whole: entries is still the directory's whole listing (every name
+	// kept, none added, removed or dropped since), so it may answer
+	// another listing of the directory (list).
+	whole bool
 }
 
 type entryName struct {
@@ -73,10 +80,11 @@ func (l *listings) keep(dir, since uint64, entries []*brickpb.DirEntry) {
 			return
 		}
 	}
-	ls := &listing{until: l.now().Add(l.ttl), entries: make(map[string]*brickpb.Attr, len(entries))}
+	ls := &listing{until: l.now().Add(l.ttl), entries: make(map[string]*brickpb.Attr, len(entries)), whole: true}
 	for _, e := range entries {
 		a := e.GetAttr()
 		if a == nil || a.Fid == 0 || a.Fid != e.Fid || e.Name == "" {
+			ls.whole = false
 			continue
 		}
 		ls.entries[e.Name] = a
@@ -99,6 +107,25 @@ func (l *listings) lookup(dir uint64, name string) *brickpb.Attr {
 		return nil
 	}
 	return ls.entries[name]
+}
+
+// list returns the entries of dir's kept listing, sorted by name, when it
+// is still the directory's whole listing and within its time to live: a
+// directory opened again right after it was listed (rm -r opens each
+// directory twice) is listed without a round trip.
+func (l *listings) list(dir uint64) ([]*brickpb.DirEntry, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ls := l.dirs[dir]
+	if ls == nil || !ls.whole || !l.now().Before(ls.until) {
+		return nil, false
+	}
+	out := make([]*brickpb.DirEntry, 0, len(ls.entries))
+	for name, a := range ls.entries {
+		out = append(out, &brickpb.DirEntry{Name: name, Fid: a.Fid, Mode: a.Mode & syscall.S_IFMT, Attr: a})
+	}
+	slices.SortFunc(out, func(a, b *brickpb.DirEntry) int { return strings.Compare(a.Name, b.Name) })
+	return out, true
 }
 
 // missed records a lookup of an existing name in dir the listings could not
@@ -139,10 +166,22 @@ func (l *listings) touch(op *brickpb.Op) {
 			l.dropFID(fid)
 		}
 	}
+	// Names added to or removed from a directory: its listing is no
+	// longer whole. A directory removed (RMDIR names it by Fid) or
+	// replaced (the entry at a name, below) goes altogether.
+	for _, dir := range []uint64{op.Parent, op.NewParent} {
+		if ls := l.dirs[dir]; ls != nil {
+			ls.whole = false
+		}
+	}
+	if op.Type == brickpb.OpType_OP_RMDIR && op.Fid != 0 {
+		l.dropDir(op.Fid)
+	}
 	for _, at := range []entryName{{op.Parent, op.Name}, {op.NewParent, op.NewName}} {
 		if ls := l.dirs[at.dir]; ls != nil && at.name != "" {
 			if a := ls.entries[at.name]; a != nil {
 				l.dropFID(a.Fid)
+				l.dropDir(a.Fid)
 			}
 		}
 	}
@@ -155,6 +194,7 @@ func (l *listings) dropFID(fid uint64) {
 			if a, ok := ls.entries[at.name]; ok && a.Fid == fid {
 				delete(ls.entries, at.name)
 				l.held--
+				ls.whole = false
 			}
 		}
 	}

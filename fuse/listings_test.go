@@ -188,3 +188,125 @@ func mountWithFiles(t *testing.T, names ...string) (*memBackend, string) {
 	}
 	return b, sub
 }
+
+// A kept listing answers another listing of its directory only while it is
+// the directory's whole listing: not after a name was added or removed or
+// an entry dropped, nor once expired; a removed directory's goes at once.
+func TestListingsWhole(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newListings(time.Second, 100)
+	l.now = func() time.Time { return now }
+	keep := func(dir uint64, entries ...*brickpb.DirEntry) {
+		t.Helper()
+		l.keep(dir, l.begin(), entries)
+	}
+	whole := func(dir uint64) bool {
+		_, ok := l.list(dir)
+		return ok
+	}
+	keep(1, dirEnt("b", 11, syscall.S_IFREG|0o644), dirEnt("a", 10, syscall.S_IFDIR|0o755))
+	got, ok := l.list(1)
+	if !ok || len(got) != 2 || got[0].Name != "a" || got[0].Fid != 10 || got[0].Mode != syscall.S_IFDIR ||
+		got[1].Name != "b" || got[1].Attr.GetMode() != syscall.S_IFREG|0o644 {
+		t.Fatalf("list = %v, %v; want a (dir 10) and b (file 11), sorted", got, ok)
+	}
+	// A change of the directory's own attributes leaves its names alone.
+	l.touch(&brickpb.Op{Type: brickpb.OpType_OP_SETATTR, Fid: 1})
+	if !whole(1) {
+		t.Error("a setattr of the directory itself made its listing partial")
+	}
+	for _, tc := range []struct {
+		what string
+		op   *brickpb.Op
+	}{
+		{"a create in it", &brickpb.Op{Type: brickpb.OpType_OP_CREATE, Parent: 1, Name: "c", Fid: 12}},
+		{"an unlink in it", &brickpb.Op{Type: brickpb.OpType_OP_UNLINK, Parent: 1, Name: "b"}},
+		{"a rename into it", &brickpb.Op{Type: brickpb.OpType_OP_RENAME, Parent: 5, Name: "x", NewParent: 1, NewName: "y"}},
+		{"a write to an entry", &brickpb.Op{Type: brickpb.OpType_OP_WRITE, Fid: 11}},
+	} {
+		keep(1, dirEnt("b", 11, syscall.S_IFREG|0o644), dirEnt("a", 10, syscall.S_IFDIR|0o755))
+		l.touch(tc.op)
+		if whole(1) {
+			t.Errorf("after %s the listing still answered", tc.what)
+		}
+	}
+	// A removed directory's listing goes, whether named by its fid or
+	// found at the name removed.
+	keep(10, dirEnt("x", 20, syscall.S_IFREG))
+	l.touch(&brickpb.Op{Type: brickpb.OpType_OP_RMDIR, Parent: 7, Name: "gone", Fid: 10})
+	if whole(10) || l.lookup(10, "x") != nil {
+		t.Error("the listing of a removed directory survived")
+	}
+	keep(1, dirEnt("a", 10, syscall.S_IFDIR|0o755))
+	keep(10, dirEnt("x", 20, syscall.S_IFREG))
+	l.touch(&brickpb.Op{Type: brickpb.OpType_OP_RMDIR, Parent: 1, Name: "a"})
+	if whole(10) {
+		t.Error("the listing of a directory removed by name survived")
+	}
+	// An entry without attributes: never whole.
+	keep(2, dirEnt("p", 30, syscall.S_IFREG), &brickpb.DirEntry{Name: "q", Fid: 31, Mode: syscall.S_IFREG})
+	if whole(2) {
+		t.Error("a listing missing an entry's attributes answered a listing")
+	}
+	// Expired.
+	keep(3, dirEnt("r", 40, syscall.S_IFREG))
+	now = now.Add(time.Second)
+	if whole(3) {
+		t.Error("an expired listing answered")
+	}
+}
+
+// On the mount: opening a directory again right after listing it (rm -r
+// does) asks the backend nothing, nor does the stat after either listing;
+// a change in it sends the next listing to the backend, which shows it.
+func TestListingAnsweredAgain(t *testing.T) {
+	requireFUSE(t)
+	b := &submitBackend{memBackend: newMemBackend()}
+	_, dir := mount(t, b, Options{})
+	d := filepath.Join(dir, "d")
+	if err := os.Mkdir(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := os.WriteFile(filepath.Join(d, fmt.Sprint("f", i)), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readdirs := func() int {
+		b.memBackend.mu.Lock()
+		defer b.memBackend.mu.Unlock()
+		return b.readdirs
+	}
+	names := func() []string {
+		t.Helper()
+		f, err := os.Open(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		ns, err := f.Readdirnames(-1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ns
+	}
+	fid := statT(t, d).Ino
+	names()
+	r0, g0 := readdirs(), b.getattrsOf(fid)
+	if got := names(); len(got) != 3 {
+		t.Fatalf("second listing: %v, want 3 names", got)
+	}
+	if r, g := readdirs()-r0, b.getattrsOf(fid)-g0; r != 0 || g != 0 {
+		t.Errorf("listing again asked the backend %d listings and %d GETATTRs of the directory, want none", r, g)
+	}
+	if err := os.WriteFile(filepath.Join(d, "new"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); len(got) != 4 || readdirs() == r0 {
+		t.Errorf("after a create: %v from %d backend listings, want 4 names from a new one", got, readdirs()-r0)
+	}
+}

@@ -28,6 +28,7 @@ type memBackend struct {
 	getattrs map[uint64]int
 	opsOn    map[uint64]int
 	lists    int // entries listed
+	readdirs int // listings asked for
 }
 
 type memFile struct {
@@ -133,6 +134,8 @@ func (m *memBackend) Meta(ctx context.Context, req *brickpb.MetaRequest) (*brick
 		if f.children == nil {
 			return fail(syscall.ENOTDIR)
 		}
+		m.readdirs++
+		resp.Attr = clone(f.attr) // as a brick: the directory's own, after the listing
 		names := make([]string, 0, len(f.children))
 		for n := range f.children {
 			names = append(names, n)

@@ -585,7 +585,11 @@ func (n *node) childNode(name string) (*node, bool) {
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	res, errno := n.fsys.do(ctx, "rmdir", &brickpb.Op{Type: brickpb.OpType_OP_RMDIR, Parent: n.fid(), Name: name})
+	op := &brickpb.Op{Type: brickpb.OpType_OP_RMDIR, Parent: n.fid(), Name: name}
+	if ch, ok := n.childNode(name); ok {
+		op.Fid = ch.fid() // what the kernel looked up: listings drop its own (bricks ignore it)
+	}
+	res, errno := n.fsys.do(ctx, "rmdir", op)
 	if errno != 0 {
 		return errno
 	}
@@ -669,21 +673,37 @@ func (n *node) listAhead(ctx context.Context) {
 // kept for the life of the handle so that seekdir/telldir offsets stay
 // valid.
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	n.dirForget() // a listing may move the directory's atime
 	var since uint64
 	l := n.fsys.lists
 	n.mu.Lock()
 	big := n.last.GetSize() > listingsMaxDirSize
+	removed := n.unlinked
 	n.mu.Unlock()
+	if l != nil && !removed {
+		if entries, ok := l.list(n.fid()); ok {
+			return n.dirStream(entries), 0
+		}
+	}
 	if big {
 		l = nil // too big to keep: spare the brick a stat per entry
 	}
 	if l != nil {
 		since = l.begin()
 	}
+	n.dirForget() // a listing may move the directory's atime
+	_, gen := n.dirCached()
 	resp, errno := n.fsys.meta(ctx, "readdir", &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: n.fid(), WithAttrs: l != nil})
 	if errno == 0 && l != nil {
 		l.keep(n.fid(), since, resp.Entries)
+	}
+	if a := resp.GetAttr(); errno == 0 && a != nil && a.Fid == n.fid() && a.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+		// The brick's attributes after the listing (older bricks send
+		// none): the GETATTR that follows an opendir needs no round
+		// trip.
+		n.remember(a)
+		if n.dirAnswers() {
+			n.dirKeep(a, gen)
+		}
 	}
 	if errno == syscall.ENOENT {
 		if _, errno = n.removedAttr(); errno == 0 {
@@ -693,21 +713,27 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	if errno != 0 {
 		return nil, errno
 	}
+	return n.dirStream(resp.Entries), 0
+}
+
+// dirStream is the listing of n with entries (sorted by name) and its
+// dot entries.
+func (n *node) dirStream(entries []*brickpb.DirEntry) fs.DirStream {
 	parent := n.fid()
 	if _, p := n.Parent(); p != nil {
 		parent = p.StableAttr().Ino
 	}
-	list := make([]gofuse.DirEntry, 0, len(resp.Entries)+2)
+	list := make([]gofuse.DirEntry, 0, len(entries)+2)
 	list = append(list,
 		gofuse.DirEntry{Name: ".", Ino: n.fid(), Mode: syscall.S_IFDIR},
 		gofuse.DirEntry{Name: "..", Ino: parent, Mode: syscall.S_IFDIR})
-	for _, e := range resp.Entries {
+	for _, e := range entries {
 		if e.Name == "." || e.Name == ".." || e.Name == "" {
 			continue
 		}
 		list = append(list, gofuse.DirEntry{Name: e.Name, Ino: e.Fid, Mode: e.Mode & syscall.S_IFMT})
 	}
-	return fs.NewListDirStream(list), 0
+	return fs.NewListDirStream(list)
 }
 
 // Fsync serves fsync and fdatasync on files and fsync on directories: all

@@ -169,8 +169,14 @@ func TestReaddirAndLookupAnswerFileIDs(t *testing.T) {
 			t.Errorf("entry %d = %v, want %v", i, got[i], want[i])
 		}
 	}
-	if e := meta(t, r, &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: 10}).Entries; len(e) != 1 || e[0].Fid != 13 || e[0].Mode != unix.S_IFIFO {
+	resp := meta(t, r, &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: 10})
+	if e := resp.Entries; len(e) != 1 || e[0].Fid != 13 || e[0].Mode != unix.S_IFIFO {
 		t.Errorf("readdir /d = %v", e)
+	}
+	// The directory's own attributes come along: what a GETATTR says.
+	if a, want := resp.Attr, meta(t, r, &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_GETATTR, Fid: 10}).Attr; a == nil ||
+		a.Fid != 10 || a.Mode != want.Mode || a.Nlink != want.Nlink || a.MtimeNs != want.MtimeNs || a.Size != want.Size {
+		t.Errorf("readdir /d attr = %v, want %v", a, want)
 	}
 	if resp := meta(t, r, &brickpb.MetaRequest{Kind: brickpb.MetaKind_META_READDIR, Fid: 11}); resp.Errno != uint32(unix.ENOTDIR) {
 		t.Errorf("readdir of a file: %v, want ENOTDIR", resp)

@@ -110,7 +110,7 @@ func (r *Replica) meta(req *brickpb.MetaRequest, resp *brickpb.MetaResponse) err
 		return nil
 	case brickpb.MetaKind_META_READDIR:
 		var err error
-		resp.Entries, err = r.readdir(req.Fid, req.WithAttrs)
+		resp.Entries, resp.Attr, err = r.readdir(req.Fid, req.WithAttrs)
 		return err
 	case brickpb.MetaKind_META_READLINK:
 		t, err := r.target(req.Fid)
@@ -158,22 +158,28 @@ func (r *Replica) meta(req *brickpb.MetaRequest, resp *brickpb.MetaResponse) err
 	return unix.EINVAL
 }
 
-// readdir lists directory fid, sorted by name, every replica alike.
+// readdir lists directory fid, sorted by name, every replica alike, and
+// returns the directory's attributes after the listing (which may have
+// moved its atime), so the caller need not ask for them again.
 // Entries without a file ID tag are not the volume's and are left out.
-func (r *Replica) readdir(fid uint64, withAttrs bool) ([]*brickpb.DirEntry, error) {
+func (r *Replica) readdir(fid uint64, withAttrs bool) ([]*brickpb.DirEntry, *brickpb.Attr, error) {
 	d, err := r.dirFD(fid)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer d.release()
 	fd, err := openat(d.fd, ".", oDir, 0) // own offset: the cached descriptor is shared
 	if err != nil {
-		return nil, localStep("opening the directory", err)
+		return nil, nil, localStep("opening the directory", err)
 	}
 	defer closeFD(fd)
 	ents, err := readDirents(fd)
 	if err != nil {
-		return nil, localStep("reading the directory", err)
+		return nil, nil, localStep("reading the directory", err)
+	}
+	var st unix.Stat_t
+	if err := retry(func() error { return unix.Fstat(fd, &st) }); err != nil {
+		return nil, nil, localStep("stat of the directory", err)
 	}
 	out := make([]*brickpb.DirEntry, 0, len(ents))
 	for _, e := range ents {
@@ -202,7 +208,7 @@ func (r *Replica) readdir(fid uint64, withAttrs bool) ([]*brickpb.DirEntry, erro
 		out = append(out, &brickpb.DirEntry{Name: e.name, Fid: efid, Mode: mode})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return out, attrOf(fid, &st), nil
 }
 
 func dtToMode(t uint8) uint32 {

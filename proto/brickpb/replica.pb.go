@@ -183,7 +183,7 @@ const (
 	MetaKind_META_UNSPECIFIED MetaKind = 0
 	MetaKind_META_LOOKUP      MetaKind = 1 // parent, name -> attr
 	MetaKind_META_GETATTR     MetaKind = 2 // fid -> attr
-	MetaKind_META_READDIR     MetaKind = 3 // fid -> entries
+	MetaKind_META_READDIR     MetaKind = 3 // fid -> entries, and attr: the directory's own after the listing (atime)
 	MetaKind_META_READLINK    MetaKind = 4 // fid -> target
 	MetaKind_META_GETXATTR    MetaKind = 5 // fid, xattr -> data
 	MetaKind_META_LISTXATTR   MetaKind = 6 // fid -> names
