@@ -92,16 +92,23 @@ func (b *backend) forgetLocal(op *brickpb.Op) {
 // the directory's lock across both). A create then costs no round trip,
 // like a create in a local page cache (design.md, promise 1); should the
 // primary fail it after all, the next fsync reports EIO (head.Submit).
+//
+// An RMDIR likewise, when the file system names the directory it removes
+// (op.Fid: what the kernel looked up at the name, which on such a volume
+// is what stands there) and the name cache knows it empty: the kernel
+// checked the permissions, and a brick's rmdir of an empty directory has
+// nothing else to fail on.
 func (b *backend) answersEarly(op *brickpb.Op) bool {
-	if !b.early {
+	if !b.early || op.Fid <= 1 {
 		return false
 	}
 	switch op.Type {
 	case brickpb.OpType_OP_CREATE, brickpb.OpType_OP_MKDIR:
-	default:
-		return false
+		return b.holdsLease() && b.names.Absent(op.Parent, op.Name)
+	case brickpb.OpType_OP_RMDIR:
+		return b.holdsLease() && b.names.Empty(op.Fid)
 	}
-	return op.Fid > 1 && b.holdsLease() && b.names.Absent(op.Parent, op.Name)
+	return false
 }
 
 // holdsLease reports whether the head held its epoch within the lease
@@ -149,6 +156,13 @@ func (b *backend) epochCheck(ctx context.Context, id string) error {
 // give the new entry: it stamps the entry's times into the op, so every
 // replica keeps the ones answered here.
 func (b *backend) doEarly(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error) {
+	if op.Type == brickpb.OpType_OP_RMDIR {
+		seq, err := b.h.Submit(ctx, op)
+		if err != nil {
+			return nil, err
+		}
+		return &brickpb.OpResult{Seq: seq}, nil
+	}
 	now := b.now().UnixNano()
 	op.AtimeNs, op.MtimeNs = now, now
 	a := &brickpb.Attr{Fid: op.Fid, Mode: syscall.S_IFREG | op.Mode&0o7777, Nlink: 1,

@@ -28,6 +28,7 @@
 package namecache
 
 import (
+	"cmp"
 	"math"
 	"sync"
 
@@ -82,6 +83,19 @@ func (c *Cache) Absent(parent uint64, nm string) bool {
 		c.hits++
 	}
 	return !present
+}
+
+// Empty reports whether directory dir certainly holds no name as of every
+// op begun so far: it is complete and its superset of names is empty (no
+// name in it, none being added).
+func (c *Cache) Empty(dir uint64) bool {
+	if c.max == 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d, ok := c.dirs[dir]
+	return ok && len(d) == 0
 }
 
 // Stats returns how many lookups the cache answered and how many it
@@ -169,8 +183,12 @@ func (c *Cache) Begin(op *brickpb.Op) func(res *brickpb.OpResult, err error) {
 					c.names--
 				}
 			}
-			if rmdir && res.GetAttr().GetFid() != 0 {
-				c.forget(res.GetAttr().GetFid()) // gone: nothing more will be asked of it
+			if rmdir {
+				// Gone: nothing more will be asked of it. The op names
+				// it when the caller knew it, a brick's result may.
+				if fid := cmp.Or(op.Fid, res.GetAttr().GetFid()); fid != 0 {
+					c.forget(fid)
+				}
 			}
 		}
 	}

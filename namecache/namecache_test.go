@@ -269,7 +269,12 @@ func runModel(t *testing.T, seed uint64) {
 			case 4:
 				f.op = &brickpb.Op{Type: brickpb.OpType_OP_UNLINK, Parent: p, Name: nm}
 			case 5:
+				// The file system names what stands there (fuse's Rmdir),
+				// when it knows.
 				f.op = &brickpb.Op{Type: brickpb.OpType_OP_RMDIR, Parent: p, Name: nm}
+				if fid, ok := dirs[p][nm]; ok && isDir[fid] && rng.IntN(2) == 0 {
+					f.op.Fid = fid
+				}
 			case 6:
 				f.op = &brickpb.Op{Type: brickpb.OpType_OP_RENAME, Parent: p, Name: nm,
 					NewParent: pickDir(), NewName: names[rng.IntN(len(names))], Flags: uint32(rng.IntN(2) * renameExchange)}
@@ -320,6 +325,17 @@ func runModel(t *testing.T, seed uint64) {
 			flights = append(flights[:i], flights[i+1:]...)
 		default: // check
 			for _, p := range append(slices.Sorted(maps.Keys(isDir)), 1<<40) {
+				if c.Empty(p) {
+					if len(dirs[p]) > 0 {
+						t.Fatalf("step %d: cache says %d is empty; it holds %v", step, p, slices.Sorted(maps.Keys(dirs[p])))
+					}
+					for _, f := range flights {
+						if f.op != nil && f.adds && !f.applied && f.err == nil &&
+							(f.op.Parent == p && f.op.Type != brickpb.OpType_OP_RENAME || f.op.NewParent == p) {
+							t.Fatalf("step %d: cache says %d is empty while %v may add to it", step, p, f.op.Type)
+						}
+					}
+				}
 				for _, nm := range names {
 					if !c.Absent(p, nm) {
 						continue
@@ -342,5 +358,48 @@ func runModel(t *testing.T, seed uint64) {
 				}
 			}
 		}
+	}
+}
+
+// Empty: only a complete directory with no name in it and none being
+// added; a removed directory is forgotten by the fid its RMDIR names.
+func TestEmpty(t *testing.T) {
+	c := New(100)
+	if c.Empty(7) {
+		t.Fatal("empty: a directory the cache knows nothing of")
+	}
+	mk := c.Begin(&brickpb.Op{Type: brickpb.OpType_OP_MKDIR, Parent: 1, Name: "d", Fid: 7})
+	if c.Empty(7) {
+		t.Fatal("empty: a directory whose MKDIR is in flight")
+	}
+	mk(&brickpb.OpResult{Seq: 3}, nil)
+	if !c.Empty(7) {
+		t.Fatal("a new directory is not empty")
+	}
+	add := c.Begin(&brickpb.Op{Type: brickpb.OpType_OP_CREATE, Parent: 7, Name: "x", Fid: 8})
+	if c.Empty(7) {
+		t.Fatal("empty while a name is being added")
+	}
+	add(&brickpb.OpResult{Seq: 4}, nil)
+	rm := c.Begin(&brickpb.Op{Type: brickpb.OpType_OP_UNLINK, Parent: 7, Name: "x"})
+	if c.Empty(7) {
+		t.Fatal("empty before the unlink of its last name returned")
+	}
+	rm(&brickpb.OpResult{Errno: uint32(syscall.EIO)}, nil)
+	if c.Empty(7) {
+		t.Fatal("empty after the unlink of its last name failed")
+	}
+	rm = c.Begin(&brickpb.Op{Type: brickpb.OpType_OP_UNLINK, Parent: 7, Name: "x"})
+	rm(&brickpb.OpResult{Seq: 6}, nil)
+	if !c.Empty(7) {
+		t.Fatal("not empty after its last name was unlinked")
+	}
+	rmdir := c.Begin(&brickpb.Op{Type: brickpb.OpType_OP_RMDIR, Parent: 1, Name: "d", Fid: 7})
+	rmdir(&brickpb.OpResult{Seq: 7}, nil)
+	if c.Empty(7) || c.Absent(7, "y") {
+		t.Fatal("a removed directory is still known")
+	}
+	if New(0).Empty(1) {
+		t.Fatal("a disabled cache answered")
 	}
 }
