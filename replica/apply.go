@@ -387,7 +387,7 @@ func (r *Replica) opCreate(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 	defer p.release()
 	gen := r.fds.generation()
 	fd, spare := -1, false
-	if !redo && len(r.spares.names) > 0 && !hasDefaultACL(p.fd) {
+	if !redo && r.spares.any() && !hasDefaultACL(p.fd) {
 		if fd, err = r.takeSpare(p.fd, op.Name); err != nil {
 			return nil, err
 		}

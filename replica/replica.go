@@ -138,7 +138,7 @@ type Replica struct {
 	runs     map[uint64]*writeRun     // sequential write runs (dropBehind)
 	runClock uint64                   // ages runs, for evicting the oldest
 	wal      *opLog                   // the op log (wal.go)
-	spares   spares                   // emptied inodes for creates (spares.go)
+	spares   *spares                  // emptied inodes for creates (spares.go)
 	// committedApplied is the applied position meta.db holds: the log
 	// keeps every op after it (a recovery replays them). sinceCommit
 	// counts the log bytes appended after it.
@@ -187,7 +187,7 @@ func OpenReplica(dir string, opts ReplicaOptions) (*Replica, error) {
 	opts = opts.withDefaults()
 	r := &Replica{
 		dir: dir, opts: opts, log: opts.Logger.With("replica", dir),
-		dataFD: -1, fidsFD: -1, spares: spares{fd: -1},
+		dataFD: -1, fidsFD: -1, spares: &spares{fd: -1},
 		fds: newFDCache(opts.FDCacheSize), runs: map[uint64]*writeRun{},
 		sumDrops: map[uint64][]chunkRange{}, sumPuts: map[[2]uint64]sumVal{},
 		watch: map[uint64]*chunkWatch{}, pendDirs: map[uint64]*dirRec{},

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,25 +26,48 @@ import (
 // A spare is exactly what a create's first step leaves (see resumeNonDir):
 // a regular file with one link, empty, mode 0600, no extended attribute, so
 // a crash between the rename and the tagging is redone like any create. It
-// is made so before it is moved into spare/, and checked again when the
-// replica is opened; anything else found there is deleted.
+// is made so before it is moved into spare/, except that emptying a file
+// with data is left to a goroutine of its own (clean): freeing its blocks
+// is the slow part of a delete, on a file system mounted with discard a
+// synchronous discard per file, and the apply path need not wait for it.
+// A create that finds no empty spare empties one itself. spare/ is checked
+// again when the replica is opened; anything else found there (a spare not
+// emptied before a crash) is deleted.
 
 // spareDir is spare/ in a replica's directory.
 const spareDir = "spare"
 
-// spares is the pool, guarded by applyMu (only the apply path uses it).
+// spares is the pool. fd, max and next are the apply path's (applyMu);
+// the lists are shared with the goroutine that empties spares (mu).
 type spares struct {
-	fd    int      // spare/, -1 when the pool is off
-	max   int      // entries kept at most
-	names []uint64 // the entries, used last in first out
-	next  uint64   // the next entry's name
+	fd   int    // spare/, -1 when the pool is off
+	max  int    // entries kept at most
+	next uint64 // the next entry's name
+
+	mu       sync.Mutex
+	names    []uint64      // empty entries, used last in first out
+	full     []fullSpare   // entries still holding data, oldest first
+	emptying int           // entries being emptied (taken from full)
+	wake     chan struct{} // capacity 1: full has entries
+	stop     chan struct{} // closed by close
+	done     chan struct{} // closed when the goroutine has returned
 }
+
+// fullSpare is a spare still to be emptied, and its open descriptor.
+type fullSpare struct {
+	n  uint64
+	fd int
+}
+
+// maxFull bounds the spares waiting to be emptied (each holds a
+// descriptor); past it a delete empties its file itself.
+const maxFull = 256
 
 // openSpares opens (making it if needed) spare/ and lists its entries,
 // deleting what is not a clean spare and what exceeds limit (limit <= 0:
 // the pool is off and spare/ is emptied).
-func openSpares(dir string, limit int) (spares, error) {
-	s := spares{fd: -1, max: limit}
+func openSpares(dir string, limit int) (*spares, error) {
+	s := &spares{fd: -1, max: limit}
 	path := filepath.Join(dir, spareDir)
 	if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return s, fmt.Errorf("making %s: %w", path, err)
@@ -74,7 +99,63 @@ func openSpares(dir string, limit int) (spares, error) {
 		}
 	}
 	s.fd = fd
+	s.wake, s.stop, s.done = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+	go s.clean()
 	return s, nil
+}
+
+// clean empties the spares recycle left full, oldest first, until close.
+// A failure leaves the entry out of the pool (and in spare/ until the next
+// open deletes it).
+func (s *spares) clean() {
+	defer close(s.done)
+	for {
+		select {
+		case <-s.wake:
+		case <-s.stop:
+			return
+		}
+		for {
+			s.mu.Lock()
+			if len(s.full) == 0 {
+				s.mu.Unlock()
+				break
+			}
+			f := s.full[0]
+			s.full = s.full[1:]
+			s.emptying++
+			s.mu.Unlock()
+			err := retry(func() error { return unix.Ftruncate(f.fd, 0) })
+			closeFD(f.fd)
+			s.mu.Lock()
+			s.emptying--
+			if err == nil {
+				s.names = append(s.names, f.n)
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// count is how many entries the pool holds, empty or not.
+func (s *spares) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.names) + len(s.full) + s.emptying
+}
+
+// any reports whether a create may find a spare.
+func (s *spares) any() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.names)+len(s.full) > 0
+}
+
+// settled reports whether no spare is waiting to be emptied (tests).
+func (s *spares) settled() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.full) == 0 && s.emptying == 0
 }
 
 // cleanSpare says whether entry name of spare/ is what a create's first
@@ -88,7 +169,18 @@ func cleanSpare(dirfd int, name string) bool {
 	return err == nil && n == 0
 }
 
+// close stops the goroutine emptying spares; the ones it has not emptied
+// stay full in spare/ (the next open deletes them).
 func (s *spares) close() {
+	if s.stop != nil {
+		close(s.stop)
+		<-s.done
+		s.stop = nil
+		for _, f := range s.full {
+			closeFD(f.fd)
+		}
+		s.full = nil
+	}
 	if s.fd >= 0 {
 		closeFD(s.fd)
 		s.fd = -1
@@ -102,8 +194,8 @@ func (s *spares) close() {
 // its own is not recycled: the check for them costs what stripping them
 // would, and a file system that labels every inode (an LSM) has them all.
 func (r *Replica) recycle(fid uint64, st *unix.Stat_t) (bool, error) {
-	s := &r.spares
-	if s.fd < 0 || len(s.names) >= s.max || !isReg(st) || st.Nlink != 1 {
+	s := r.spares
+	if s.fd < 0 || !isReg(st) || st.Nlink != 1 || s.count() >= s.max {
 		return false, nil
 	}
 	name := fidName(fid)
@@ -111,7 +203,12 @@ func (r *Replica) recycle(fid uint64, st *unix.Stat_t) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
-	defer closeFD(fd)
+	keep := false // fd goes to clean
+	defer func() {
+		if !keep {
+			closeFD(fd)
+		}
+	}()
 	var buf [64]byte
 	n, err := unix.Flistxattr(fd, buf[:])
 	if err != nil || n != len(fidXattr)+1 || string(buf[:n-1]) != fidXattr {
@@ -120,7 +217,10 @@ func (r *Replica) recycle(fid uint64, st *unix.Stat_t) (bool, error) {
 	if retry(func() error { return unix.Fremovexattr(fd, fidXattr) }) != nil {
 		return false, nil
 	}
-	if st.Size != 0 && retry(func() error { return unix.Ftruncate(fd, 0) }) != nil {
+	s.mu.Lock()
+	later := st.Size != 0 && len(s.full) < maxFull
+	s.mu.Unlock()
+	if st.Size != 0 && !later && retry(func() error { return unix.Ftruncate(fd, 0) }) != nil {
 		return false, nil
 	}
 	if st.Mode&0o7777 != 0o600 && unix.Fchmod(fd, 0o600) != nil {
@@ -134,24 +234,70 @@ func (r *Replica) recycle(fid uint64, st *unix.Stat_t) (bool, error) {
 		return false, nil
 	}
 	s.next++
-	s.names = append(s.names, spare)
+	s.mu.Lock()
+	if later {
+		keep = true
+		s.full = append(s.full, fullSpare{n: spare, fd: fd})
+	} else {
+		s.names = append(s.names, spare)
+	}
+	s.mu.Unlock()
+	if later {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
 	return true, nil
+}
+
+// emptyOne empties a spare left full itself, the newest, when the pool has
+// no empty one: a create need not wait for the goroutine.
+func (s *spares) emptyOne() {
+	s.mu.Lock()
+	if len(s.names) > 0 || len(s.full) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	f := s.full[len(s.full)-1]
+	s.full = s.full[:len(s.full)-1]
+	s.emptying++
+	s.mu.Unlock()
+	err := retry(func() error { return unix.Ftruncate(f.fd, 0) })
+	closeFD(f.fd)
+	s.mu.Lock()
+	s.emptying--
+	if err == nil {
+		s.names = append(s.names, f.n)
+	}
+	s.mu.Unlock()
 }
 
 // takeSpare renames a spare to name in directory dirfd and opens it for a
 // CREATE. It returns -1 and no error when there is no spare to take (the
 // caller creates the file), and EEXIST when name exists, as O_EXCL would.
 func (r *Replica) takeSpare(dirfd int, name string) (int, error) {
-	s := &r.spares
-	for len(s.names) > 0 {
-		spare := fidName(s.names[len(s.names)-1])
-		err := unix.Renameat2(s.fd, spare, dirfd, name, unix.RENAME_NOREPLACE)
+	s := r.spares
+	for {
+		s.emptyOne()
+		s.mu.Lock()
+		if len(s.names) == 0 {
+			s.mu.Unlock()
+			return -1, nil
+		}
+		// Only this goroutine (applyMu) takes from names: the last one is
+		// still there after the rename.
+		n := s.names[len(s.names)-1]
+		s.mu.Unlock()
+		err := unix.Renameat2(s.fd, fidName(n), dirfd, name, unix.RENAME_NOREPLACE)
 		switch err {
-		case nil:
-			s.names = s.names[:len(s.names)-1]
-		case unix.ENOENT: // gone from spare/ (an operator?): try the next
-			s.names = s.names[:len(s.names)-1]
-			continue
+		case nil, unix.ENOENT: // ENOENT: gone from spare/ (an operator?): try the next
+			s.mu.Lock()
+			s.names = slices.DeleteFunc(s.names, func(x uint64) bool { return x == n })
+			s.mu.Unlock()
+			if err != nil {
+				continue
+			}
 		case unix.EEXIST:
 			return -1, err
 		default:
@@ -163,7 +309,6 @@ func (r *Replica) takeSpare(dirfd int, name string) (int, error) {
 		}
 		return fd, nil
 	}
-	return -1, nil
 }
 
 // hasDefaultACL says whether directory dirfd has a default ACL, which a

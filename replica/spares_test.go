@@ -57,6 +57,10 @@ func TestSpareInodeReused(t *testing.T) {
 	if len(spares) != 1 {
 		t.Fatalf("spare/ holds %v after deleting a file, want one entry", spares)
 	}
+	// Emptying it is left to the pool's goroutine.
+	for deadline := time.Now().Add(10 * time.Second); !r.spares.settled() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if !cleanSpare(r.spares.fd, spares[0]) {
 		t.Errorf("spare %s is not what a create's first step leaves", spares[0])
 	}
@@ -241,5 +245,47 @@ func TestSpareCreateCrash(t *testing.T) {
 	}
 	if n := spareNames(t, r); len(n) != 0 {
 		t.Errorf("spare/ holds %v, want the spare used", n)
+	}
+}
+
+// TestSparesEmptiedLater: deleted files with data go to spare/ full and are
+// emptied off the apply path; a create that comes first empties one
+// itself; whatever a close leaves in spare/ is empty or deleted at the
+// next open (TestSparesAcrossOpens plants a full one).
+func TestSparesEmptiedLater(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "vol")
+	r := openTest(t, dir, ReplicaOptions{})
+	const n = 20
+	for i := uint64(2); i < 2+n; i++ {
+		must(t, r, createOp(1, fidName(i), i, 0o644))
+		must(t, r, writeOp(i, 0, "some data of the old file"))
+	}
+	for i := uint64(2); i < 2+n; i++ {
+		must(t, r, forgetOp(1, fidName(i), i))
+	}
+	// Creates right away: each takes a spare, full or not, and is empty.
+	for i := uint64(100); i < 100+n; i++ {
+		a := must(t, r, createOp(1, fidName(i), i, 0o644))
+		if got, _ := readAll(t, r, i); got != "" || a.Size != 0 {
+			t.Fatalf("create %d from a spare: size %d, data %q", i, a.Size, got)
+		}
+	}
+	if names := spareNames(t, r); len(names) != 0 {
+		t.Errorf("spare/ holds %v after as many creates as deletes", names)
+	}
+	// Closing right after deletes.
+	for i := uint64(100); i < 100+n; i++ {
+		must(t, r, writeOp(i, 0, "more data"))
+		must(t, r, forgetOp(1, fidName(i), i))
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r = openTest(t, dir, ReplicaOptions{})
+	defer r.Close()
+	for _, name := range spareNames(t, r) {
+		if !cleanSpare(r.spares.fd, name) {
+			t.Errorf("spare %s is not empty after reopening", name)
+		}
 	}
 }
