@@ -672,6 +672,12 @@ func (r *Replica) opUnlink(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 	}
 	defer p.release()
 	forget := op.Flags&brickpb.UnlinkForget != 0 && op.Fid > rootFID
+	if fid, ok := r.intentAt(op, redo); ok {
+		if err := unix.Unlinkat(p.fd, op.Name, 0); err != nil {
+			return nil, err
+		}
+		return r.unlinked(op, fid, forget)
+	}
 	st, err := lstatAt(p.fd, op.Name)
 	if err == unix.ENOENT && redo {
 		// Done before the crash, maybe up to the forget (if the name
@@ -693,10 +699,31 @@ func (r *Replica) opUnlink(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 	if err := unix.Unlinkat(p.fd, op.Name, 0); err != nil {
 		return nil, err
 	}
+	return r.unlinked(op, fid, forget)
+}
+
+// intentAt returns the file ID at an UNLINK's or RMDIR's name when the
+// op's intent, read just before it (step, logOps) with nothing applied in
+// between, says what stands there: an entry of the kind the op removes,
+// tagged. Then the op need not look again (7 % of the bricks' CPU under
+// rm -rf). ok is false in redo mode, and when the intent does not know (no
+// entry, an untagged one, an UNLINK without its forget) or saw the other
+// kind of entry: the op looks itself and fails as it should.
+func (r *Replica) intentAt(op *brickpb.Op, redo bool) (fid uint64, ok bool) {
+	in := &r.intent
+	if redo || in.seq != op.Seq || in.src == 0 || in.srcDir != (op.Type == brickpb.OpType_OP_RMDIR) {
+		return 0, false
+	}
+	return in.src, true
+}
+
+// unlinked finishes an UNLINK of file fid's name (0: untagged): its
+// attributes after, and its forget when that was its last name.
+func (r *Replica) unlinked(op *brickpb.Op, fid uint64, forget bool) (*brickpb.Attr, error) {
 	if fid == 0 {
 		return nil, nil
 	}
-	st, err = lstatAt(r.fidsFD, fidName(fid))
+	st, err := lstatAt(r.fidsFD, fidName(fid))
 	if err != nil {
 		return nil, nil
 	}
@@ -722,6 +749,13 @@ func (r *Replica) opRmdir(op *brickpb.Op, redo bool) (*brickpb.Attr, error) {
 		return nil, err
 	}
 	defer p.release()
+	if fid, ok := r.intentAt(op, redo); ok {
+		if err := unix.Unlinkat(p.fd, op.Name, unix.AT_REMOVEDIR); err != nil {
+			return nil, err
+		}
+		r.dropDir(fid)
+		return nil, nil
+	}
 	st, err := lstatAt(p.fd, op.Name)
 	if err == unix.ENOENT && redo {
 		if r.intent.srcDir && r.intent.src != 0 {
