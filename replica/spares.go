@@ -45,6 +45,7 @@ type spares struct {
 	next uint64 // the next entry's name
 
 	mu       sync.Mutex
+	settle   sync.Cond     // on mu: a full spare was emptied (waitSettled)
 	names    []uint64      // empty entries, used last in first out
 	full     []fullSpare   // entries still holding data, oldest first
 	emptying int           // entries being emptied (taken from full)
@@ -68,6 +69,7 @@ const maxFull = 256
 // the pool is off and spare/ is emptied).
 func openSpares(dir string, limit int) (*spares, error) {
 	s := &spares{fd: -1, max: limit}
+	s.settle.L = &s.mu
 	path := filepath.Join(dir, spareDir)
 	if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return s, fmt.Errorf("making %s: %w", path, err)
@@ -115,26 +117,38 @@ func (s *spares) clean() {
 		case <-s.stop:
 			return
 		}
-		for {
-			s.mu.Lock()
-			if len(s.full) == 0 {
-				s.mu.Unlock()
-				break
-			}
-			f := s.full[0]
-			s.full = s.full[1:]
-			s.emptying++
-			s.mu.Unlock()
-			err := retry(func() error { return unix.Ftruncate(f.fd, 0) })
-			closeFD(f.fd)
-			s.mu.Lock()
-			s.emptying--
-			if err == nil {
-				s.names = append(s.names, f.n)
-			}
-			s.mu.Unlock()
+		for s.emptyFull(false) {
 		}
 	}
+}
+
+// emptyFull takes a full spare, the oldest or the newest, empties it and
+// puts it with the empty ones, and says whether there was one. The apply
+// path (emptyOne) and clean may run it at once: each takes its own.
+func (s *spares) emptyFull(newest bool) bool {
+	s.mu.Lock()
+	if len(s.full) == 0 {
+		s.mu.Unlock()
+		return false
+	}
+	var f fullSpare
+	if newest {
+		f, s.full = s.full[len(s.full)-1], s.full[:len(s.full)-1]
+	} else {
+		f, s.full = s.full[0], s.full[1:]
+	}
+	s.emptying++
+	s.mu.Unlock()
+	err := retry(func() error { return unix.Ftruncate(f.fd, 0) })
+	closeFD(f.fd)
+	s.mu.Lock()
+	s.emptying--
+	if err == nil {
+		s.names = append(s.names, f.n)
+	}
+	s.settle.Broadcast()
+	s.mu.Unlock()
+	return true
 }
 
 // count is how many entries the pool holds, empty or not.
@@ -151,11 +165,13 @@ func (s *spares) any() bool {
 	return len(s.names)+len(s.full) > 0
 }
 
-// settled reports whether no spare is waiting to be emptied (tests).
-func (s *spares) settled() bool {
+// waitSettled returns once no spare is waiting to be emptied (tests).
+func (s *spares) waitSettled() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.full) == 0 && s.emptying == 0
+	for len(s.full) > 0 || s.emptying > 0 {
+		s.settle.Wait()
+	}
 }
 
 // cleanSpare says whether entry name of spare/ is what a create's first
@@ -176,10 +192,13 @@ func (s *spares) close() {
 		close(s.stop)
 		<-s.done
 		s.stop = nil
+		s.mu.Lock()
 		for _, f := range s.full {
 			closeFD(f.fd)
 		}
 		s.full = nil
+		s.settle.Broadcast()
+		s.mu.Unlock()
 	}
 	if s.fd >= 0 {
 		closeFD(s.fd)
@@ -255,22 +274,11 @@ func (r *Replica) recycle(fid uint64, st *unix.Stat_t) (bool, error) {
 // no empty one: a create need not wait for the goroutine.
 func (s *spares) emptyOne() {
 	s.mu.Lock()
-	if len(s.names) > 0 || len(s.full) == 0 {
-		s.mu.Unlock()
-		return
-	}
-	f := s.full[len(s.full)-1]
-	s.full = s.full[:len(s.full)-1]
-	s.emptying++
+	none := len(s.names) == 0
 	s.mu.Unlock()
-	err := retry(func() error { return unix.Ftruncate(f.fd, 0) })
-	closeFD(f.fd)
-	s.mu.Lock()
-	s.emptying--
-	if err == nil {
-		s.names = append(s.names, f.n)
+	if none {
+		s.emptyFull(true)
 	}
-	s.mu.Unlock()
 }
 
 // takeSpare renames a spare to name in directory dirfd and opens it for a

@@ -58,9 +58,7 @@ func TestSpareInodeReused(t *testing.T) {
 		t.Fatalf("spare/ holds %v after deleting a file, want one entry", spares)
 	}
 	// Emptying it is left to the pool's goroutine.
-	for deadline := time.Now().Add(10 * time.Second); !r.spares.settled() && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
-	}
+	r.spares.waitSettled()
 	if !cleanSpare(r.spares.fd, spares[0]) {
 		t.Errorf("spare %s is not what a create's first step leaves", spares[0])
 	}
