@@ -99,6 +99,65 @@ func TestSetattrEarly(t *testing.T) {
 	}
 }
 
+// An early setattr of a file nothing has written since its create answers
+// what a brick would (node.exact), so the kernel keeps the answer: the
+// write(2) after SQLite's create and fchown of its journal sends no
+// GETATTR, which would wait at a brick for every op before it. Once the
+// file was written its answer is valid for no time again.
+func TestSetattrEarlyOfNewFileKept(t *testing.T) {
+	requireFUSE(t)
+	b := &submitBackend{memBackend: newMemBackend()}
+	_, dir := mount(t, b, Options{})
+	f, err := os.OpenFile(filepath.Join(dir, "journal"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	getattrs := func() int {
+		b.memBackend.mu.Lock()
+		defer b.memBackend.mu.Unlock()
+		return b.memBackend.getattrs[st.Ino]
+	}
+	before, _ := b.counts()
+	if err := f.Chown(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := b.counts(); after == before {
+		t.Fatal("fchown to the same owner was not answered early")
+	}
+	g := getattrs()
+	if _, err := f.WriteAt(make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if n := getattrs() - g; n != 0 {
+		t.Errorf("the write and stat after an early fchown of a new file asked the backend for its attributes %d times, want 0", n)
+	}
+	if st.Size != 4096 || st.Uid != 0 || st.Mode != syscall.S_IFREG|0o644 {
+		t.Errorf("stat says size %d uid %d mode %o, want 4096 0 %o", st.Size, st.Uid, st.Mode, syscall.S_IFREG|0o644)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	// Written now: a brick's block count is no longer what the node knows.
+	if err := f.Chown(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	g = getattrs()
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if getattrs() == g {
+		t.Error("a stat after the early fchown of a written file was answered from the kernel's cache, want a GETATTR")
+	}
+}
+
 // Removing a file's only name is answered without waiting: when nothing
 // holds it open the op forgets it too, else the close does. A file with a
 // second name waits for the backend's answer; once that second name is

@@ -120,6 +120,7 @@ func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int6
 	if errno != 0 {
 		return 0, errno
 	}
+	n.notExact()
 	// go-fuse reuses data once Write returns; the backend may keep op.
 	res, errno := n.fsys.do(ctx, "write", &brickpb.Op{Type: brickpb.OpType_OP_WRITE,
 		Fid: n.fid(), Offset: off, Data: bytes.Clone(data)})
@@ -163,6 +164,7 @@ func (n *node) Allocate(ctx context.Context, f fs.FileHandle, off uint64, size u
 	if errno != 0 {
 		return errno
 	}
+	n.notExact()
 	res, errno := n.fsys.do(ctx, "fallocate", &brickpb.Op{Type: brickpb.OpType_OP_FALLOCATE,
 		Fid: n.fid(), Offset: int64(off), Size: int64(size), Flags: mode})
 	release()

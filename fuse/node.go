@@ -31,6 +31,12 @@ type node struct {
 	mu   sync.Mutex
 	last *brickpb.Attr // last known attributes (never modified): setgid inheritance, removed directories
 	size int64         // last known size: quota growth of writes
+	// exact: last is what a brick would answer for this regular file now
+	// (it came with its create, and nothing since changed what
+	// setattrEarly does not predict), so an early setattr's reply may be
+	// cached like a brick's. Cleared before a write or fallocate is
+	// submitted and by remember.
+	exact bool
 
 	// Open-unlinked files (orphan.go).
 	opens     int  // handles open on this node
@@ -78,7 +84,16 @@ func (n *node) fid() uint64 { return n.StableAttr().Ino }
 // remember caches the fields of a that the node keeps.
 func (n *node) remember(a *brickpb.Attr) {
 	n.mu.Lock()
-	n.last, n.size = a, a.Size
+	n.last, n.size, n.exact = a, a.Size, false
+	n.mu.Unlock()
+}
+
+// notExact records, before a write, fallocate or xattr change is submitted,
+// that a brick may no longer answer what last says (blocks, size, an
+// ACL's mode).
+func (n *node) notExact() {
+	n.mu.Lock()
+	n.exact = false
 	n.mu.Unlock()
 }
 
@@ -229,12 +244,20 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 		// Only ctime, a lock owner or a handle: nothing to store.
 		return n.Getattr(ctx, f, out)
 	}
-	if a, ok, errno := n.setattrEarly(ctx, op); ok || errno != 0 {
+	if a, ok, exact, errno := n.setattrEarly(ctx, op); ok || errno != 0 {
 		release()
 		if errno != 0 {
 			return errno
 		}
-		fillAttr(a, &out.Attr) // valid for no time: the next stat asks the brick
+		fillAttr(a, &out.Attr)
+		if exact {
+			// As good as a brick's GETATTR: spare the kernel the one it
+			// sends before the next write(2), which would wait at a
+			// brick for every op before it (SQLite's journal: create,
+			// fchown, write).
+			out.SetTimeout(*cacheTime(n.fsys.opts.AttrTimeout))
+		}
+		// Otherwise valid for no time: the next stat asks the brick.
 		return 0
 	}
 	res, errno := n.fsys.do(ctx, "setattr", op)
@@ -273,33 +296,34 @@ func (n *node) mustKill() bool {
 // node's attributes are this file system's own doing. The kernel keeps a
 // regular file's size and times itself there (writeback cache), and the
 // reply is valid for no time, so a stale size or block count in it is
-// never seen. ok is false when the op must go the slow way.
-func (n *node) setattrEarly(ctx context.Context, op *brickpb.Op) (a *brickpb.Attr, ok bool, errno syscall.Errno) {
+// never seen, unless the node's attributes are exact (node.exact), and so
+// is the answer. ok is false when the op must go the slow way.
+func (n *node) setattrEarly(ctx context.Context, op *brickpb.Op) (a *brickpb.Attr, ok, exact bool, errno syscall.Errno) {
 	s, can := n.fsys.b.(Submitter)
 	if !can || n.fsys.opts.NoWritebackCache || n.StableAttr().Mode != syscall.S_IFREG {
-		return nil, false, 0
+		return nil, false, false, 0
 	}
 	const early = brickpb.SetattrBit_SETATTR_MODE | brickpb.SetattrBit_SETATTR_ATIME |
 		brickpb.SetattrBit_SETATTR_MTIME | brickpb.SetattrBit_SETATTR_UID | brickpb.SetattrBit_SETATTR_GID
 	if op.Valid&^uint32(early) != 0 || op.Flags != 0 {
-		return nil, false, 0
+		return nil, false, false, 0
 	}
 	has := func(b brickpb.SetattrBit) bool { return op.Valid&uint32(b) != 0 }
 	n.early.Lock()
 	defer n.early.Unlock()
 	n.mu.Lock()
-	last, named := n.last, !n.unlinked && !n.gone && !n.forgotten
+	last, named, exact := n.last, !n.unlinked && !n.gone && !n.forgotten, n.exact
 	n.mu.Unlock()
 	// A file that lost a name may be forgotten by now (the kernel pushes
 	// an evicted inode's times after its unlink): let the backend answer.
 	if !named || last == nil || last.Fid != op.Fid || last.Mode&syscall.S_IFMT != syscall.S_IFREG {
-		return nil, false, 0
+		return nil, false, false, 0
 	}
 	if has(brickpb.SetattrBit_SETATTR_UID) || has(brickpb.SetattrBit_SETATTR_GID) {
 		if has(brickpb.SetattrBit_SETATTR_UID) && op.Uid != last.Uid ||
 			has(brickpb.SetattrBit_SETATTR_GID) && op.Gid != last.Gid ||
 			last.Mode&(syscall.S_ISUID|syscall.S_ISGID) != 0 {
-			return nil, false, 0
+			return nil, false, false, 0
 		}
 	}
 	a = proto.Clone(last).(*brickpb.Attr)
@@ -314,12 +338,15 @@ func (n *node) setattrEarly(ctx context.Context, op *brickpb.Op) (a *brickpb.Att
 	}
 	a.CtimeNs = time.Now().UnixNano()
 	if err := n.fsys.submit(ctx, s, op); err != nil {
-		return nil, false, n.fsys.fail("setattr", err, mutation, opAttrs(op)...)
+		return nil, false, false, n.fsys.fail("setattr", err, mutation, opAttrs(op)...)
 	}
 	n.mu.Lock()
-	n.last = a // not remember: the size here may be stale, n.size is not
+	// Not remember: the size here may be stale, n.size is not. A write
+	// submitted since the check above cleared exact, which stays so.
+	n.last = a
+	exact = exact && n.exact
 	n.mu.Unlock()
-	return a, true, 0
+	return a, true, exact, 0
 }
 
 // admitGrowth reserves quota for the file growing to end.
@@ -378,11 +405,13 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	cn := ch.Operations().(*node)
 	if !n.fsys.opts.NoWritebackCache {
 		// A file this op just created has no xattrs: spare the first
-		// write(2) its security.capability round trip.
+		// write(2) its security.capability round trip. Its attributes
+		// are the create's answer, which nothing could change yet.
 		cn.mu.Lock()
 		if cn.capsGen == 0 {
 			cn.noCaps = true
 		}
+		cn.exact = cn.last.GetFid() == fid && cn.last.GetSize() == 0
 		cn.mu.Unlock()
 	}
 	h, fuseFlags, errno := cn.open(flags)
@@ -849,6 +878,7 @@ func copyOut(dest, data []byte) (uint32, syscall.Errno) {
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	defer n.dirForget() // ctime
+	n.notExact()        // an ACL's mode
 	n.capsChanging(attr)
 	defer n.capsChanging(attr)
 	_, errno := n.fsys.do(ctx, "setxattr", &brickpb.Op{Type: brickpb.OpType_OP_SETXATTR,
@@ -858,6 +888,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	defer n.dirForget() // ctime
+	n.notExact()        // an ACL's mode
 	n.capsChanging(attr)
 	defer n.capsChanging(attr)
 	_, errno := n.fsys.do(ctx, "removexattr", &brickpb.Op{Type: brickpb.OpType_OP_REMOVEXATTR,
