@@ -1,7 +1,6 @@
 package fuse
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -40,31 +39,18 @@ type device struct {
 	rc   syscall.RawConn
 	log  func(format string, args ...any)
 
-	// Buffers (*[]byte): big ones hold the biggest request or reply (a
-	// write or read of MaxWrite bytes), small ones everything else, so
-	// that a request in flight holds only what it needs.
-	big, small sync.Pool
-	bigSize    int
+	inBufs, outBufs sync.Pool // *[]byte of inSize and outSize bytes
+	inSize, outSize int
 
 	handlers sync.WaitGroup
 	done     chan struct{} // closed once the connection ended and every handler returned
 }
 
-// devSmall is the size of a small buffer: room for any request or reply
-// without a payload the size of a write or a read (the kernel's headers
-// and argument structs, names, a link target of PATH_MAX), and the room a
-// big buffer has beyond its payload.
-const devSmall = 64 << 10
-
-// The FUSE opcodes whose reply carries a payload the request sizes (the
-// others' replies fit a small buffer).
+// Sizes of a request and a reply beyond their payload: the kernel's
+// headers and argument structs are all much smaller.
 const (
-	opRead        = 15
-	opGetxattr    = 22
-	opListxattr   = 23
-	opReaddir     = 28
-	opIoctl       = 39
-	opReaddirplus = 44
+	devHeaderRoom = 64 << 10
+	devMinRead    = 8192 // FUSE_MIN_READ_BUFFER: the kernel refuses smaller reads
 )
 
 // mountDevice mounts raw on dir with mount(2), as go-fuse's DirectMount
@@ -104,15 +90,16 @@ func mountDevice(dir string, raw gofuse.RawFileSystem, mo *gofuse.MountOptions) 
 		ps:      gofuse.NewProtocolServer(raw, mo),
 		raw:     raw,
 		file:    os.NewFile(uintptr(fd), "/dev/fuse"),
-		bigSize: mo.MaxWrite + devSmall,
+		inSize:  max(mo.MaxWrite+devHeaderRoom, devMinRead),
+		outSize: mo.MaxWrite + devHeaderRoom,
 		done:    make(chan struct{}),
 		log:     func(string, ...any) {},
 	}
 	if mo.Logger != nil {
 		d.log = mo.Logger.Printf
 	}
-	d.big.New = func() any { b := make([]byte, d.bigSize); return &b }
-	d.small.New = func() any { b := make([]byte, devSmall); return &b }
+	d.inBufs.New = func() any { b := make([]byte, d.inSize); return &b }
+	d.outBufs.New = func() any { b := make([]byte, d.outSize); return &b }
 	if d.rc, err = d.file.SyscallConn(); err != nil {
 		d.file.Close()
 		syscall.Unmount(dir, syscall.MNT_DETACH)
@@ -143,47 +130,33 @@ func pollHack(dir string) error {
 }
 
 // serve reads requests until the connection ends and hands each to a
-// goroutine of its own. Every read needs room for the biggest request; a
-// small one is copied out, so the big buffer serves the next read.
+// goroutine of its own.
 func (d *device) serve() {
-	buf := d.big.Get().(*[]byte)
 	defer func() {
-		d.big.Put(buf)
 		d.handlers.Wait()
 		d.raw.OnUnmount()
 		d.file.Close()
 		close(d.done)
 	}()
 	for {
-		n, err := d.read(*buf)
+		bp := d.inBufs.Get().(*[]byte)
+		n, err := d.read(*bp)
 		switch {
 		case err == nil:
+			d.handlers.Add(1)
+			go d.handle(bp, n)
+			continue
 		case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.EINTR):
-			continue // ENOENT: the request was interrupted before it was read
+			// ENOENT: the request was interrupted before it was read.
 		case errors.Is(err, syscall.ENODEV), errors.Is(err, os.ErrClosed):
+			d.inBufs.Put(bp)
 			return // unmounted, or the connection was aborted
 		default:
 			d.log("fuse: reading /dev/fuse of %s: %v", d.dir, err)
+			d.inBufs.Put(bp)
 			return
 		}
-		req := buf
-		if n <= devSmall {
-			req = d.small.Get().(*[]byte)
-			copy(*req, (*buf)[:n])
-		} else {
-			buf = d.big.Get().(*[]byte)
-		}
-		d.handlers.Add(1)
-		go d.handle(req, n)
-	}
-}
-
-// put returns a buffer to its pool.
-func (d *device) put(b *[]byte) {
-	if len(*b) == devSmall {
-		d.small.Put(b)
-	} else {
-		d.big.Put(b)
+		d.inBufs.Put(bp)
 	}
 }
 
@@ -202,29 +175,12 @@ func (d *device) read(buf []byte) (n int, err error) {
 
 func (d *device) handle(in *[]byte, n int) {
 	defer d.handlers.Done()
-	out := d.small.Get().(*[]byte)
-	if n >= 8 {
-		switch binary.NativeEndian.Uint32((*in)[4:8]) { // InHeader.Opcode
-		case opRead, opGetxattr, opListxattr, opReaddir, opIoctl, opReaddirplus:
-			d.small.Put(out)
-			out = d.big.Get().(*[]byte)
-		}
-	}
+	out := d.outBufs.Get().(*[]byte)
 	m, st := d.ps.HandleRequest([][]byte{(*in)[:n]}, [][]byte{*out})
+	d.inBufs.Put(in)
 	if !st.Ok() {
 		d.log("fuse: a request to %s could not be handled: %v", d.dir, st)
-		if m == 0 && n >= 16 {
-			// Nothing was answered: fail the request, or its caller
-			// waits for ever. OutHeader is Len, Error, Unique; the
-			// request's Unique is at InHeader's offset 8.
-			errno := -int32(syscall.EIO)
-			m = 16
-			binary.NativeEndian.PutUint32((*out)[0:4], 16)
-			binary.NativeEndian.PutUint32((*out)[4:8], uint32(errno))
-			copy((*out)[8:16], (*in)[8:16])
-		}
 	}
-	d.put(in)
 	if m > 0 {
 		var err error
 		if cerr := d.rc.Write(func(fd uintptr) bool {
@@ -239,7 +195,7 @@ func (d *device) handle(in *[]byte, n int) {
 			d.log("fuse: replying to a request to %s: %v", d.dir, err)
 		}
 	}
-	d.put(out)
+	d.outBufs.Put(out)
 }
 
 // Unmount unmounts dir, retrying a few times while the kernel still sees
