@@ -451,7 +451,7 @@ func TestSQLiteOnMount(t *testing.T) {
 }
 
 // checkSysmon: a brickd runs re-executed with its monitor thread kept
-// steady (--steady-sysmon, on by default), and so do its mount processes.
+// steady (--steady-sysmon, on by default), its mount processes without.
 func checkSysmon(t *testing.T, d *harness.Daemon) {
 	t.Helper()
 	godebug := func(pid int) string {
@@ -474,8 +474,8 @@ func checkSysmon(t *testing.T, d *harness.Daemon) {
 		t.Fatalf("%s has no mount process", d.Name)
 	}
 	for _, pid := range pids {
-		if g := godebug(pid); !strings.Contains(g, sysmon.Setting) {
-			t.Errorf("mount process %d runs with GODEBUG=%q, want it to hold %s", pid, g, sysmon.Setting)
+		if g := godebug(pid); strings.Contains(g, sysmon.Setting) {
+			t.Errorf("mount process %d runs with GODEBUG=%q, want Go's default", pid, g)
 		}
 	}
 }

@@ -12,8 +12,7 @@
 // readlink, xattr read and statfs is one Backend.Meta call; every read is
 // Backend.Read; fsync, fdatasync, directory fsync and O_SYNC/O_DSYNC writes
 // on direct-I/O handles are Backend.Sync. It also owns the mount itself
-// (options, unmount; as root, the connection's read loop, device.go) and
-// the mapping of backend errors to errno values.
+// (options, unmount) and the mapping of backend errors to errno values.
 //
 // Inode numbers are volume file IDs (StableAttr.Ino = fid), so they survive
 // remounts and head moves; hard links share one inode number.

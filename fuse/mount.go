@@ -115,25 +115,16 @@ func traceLevel(debug bool) slog.Level {
 // Server is one mounted volume.
 type Server struct {
 	dir    string
-	srv    connection
+	srv    *gofuse.Server
 	fsys   *fileSystem
 	finish sync.Once
-}
-
-// connection is the kernel's side of a mount: a device this process
-// mounted and serves itself (device.go), or go-fuse's server of a mount
-// made through fusermount3.
-type connection interface {
-	Unmount() error
-	Wait()
 }
 
 // Mount mounts the volume served by b on dir, which must exist, and serves
 // it until Unmount (or an external umount). It reads the root directory's
 // attributes first, so an unreachable backend fails the mount rather than
-// the first access. As root it mounts with mount(2) itself and serves the
-// connection through the runtime's poller (device.go); otherwise it mounts
-// through fusermount3 and go-fuse serves it.
+// the first access. As root it mounts with mount(2) itself and falls back
+// to fusermount3 otherwise.
 //
 // The calling process must not do I/O on the mount (see the package doc,
 // Deadlocks).
@@ -193,18 +184,11 @@ func Mount(dir string, b Backend, opts Options) (*Server, error) {
 		fsys.lockFS = newLockFS(raw, fsys, fsys.locker)
 		raw = fsys.lockFS
 	}
-	var srv connection
-	var err error
-	if fsOpts.MountOptions.DirectMount {
-		srv, err = mountDevice(dir, raw, &fsOpts.MountOptions)
-	} else {
-		// What fs.Mount does, with raw possibly wrapped.
-		var gs *gofuse.Server
-		if gs, err = gofuse.NewServer(raw, dir, &fsOpts.MountOptions); err == nil {
-			go gs.Serve()
-			err = gs.WaitMount()
-			srv = gs
-		}
+	// What fs.Mount does, with raw possibly wrapped.
+	srv, err := gofuse.NewServer(raw, dir, &fsOpts.MountOptions)
+	if err == nil {
+		go srv.Serve()
+		err = srv.WaitMount()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("mounting volume %s on %s: %w", opts.Volume, dir, err)

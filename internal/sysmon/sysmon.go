@@ -17,10 +17,9 @@
 // summary line to stderr only when the host has been up that long, then
 // once every 24.8 days (and on a fatal error, with the crash report).
 //
-// Mount processes inherit the setting with the daemon's environment. They
-// read /dev/fuse through the runtime's poller (fuse/device.go); while a
-// FUSE reader blocked in read(2) instead, sysmon's wake-ups were what
-// handed their single P on, and a steady sysmon measured slower there.
+// Mount processes are not given the setting (Strip): with their single P
+// the monitor's wake-ups are what hands the P on while a FUSE reader is
+// blocked, and a steady sysmon measured slower there.
 package sysmon
 
 import (
@@ -69,6 +68,32 @@ func With(env []string) []string {
 		out = append(out, kv)
 	}
 	return append(out, "GODEBUG="+godebug, marker+"=1")
+}
+
+// Strip returns env without what With added: the marker and, in GODEBUG,
+// exactly Setting (an operator's own schedtrace is passed on). A GODEBUG
+// left empty is dropped.
+func Strip(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		if strings.HasPrefix(kv, marker+"=") {
+			continue
+		}
+		if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+			var keep []string
+			for _, s := range strings.Split(v, ",") {
+				if s != Setting && s != "" {
+					keep = append(keep, s)
+				}
+			}
+			if len(keep) == 0 {
+				continue
+			}
+			kv = "GODEBUG=" + strings.Join(keep, ",")
+		}
+		out = append(out, kv)
+	}
+	return out
 }
 
 // Reexec replaces the running program with itself, the same arguments and

@@ -23,18 +23,28 @@ func TestSteady(t *testing.T) {
 	}
 }
 
-func TestWith(t *testing.T) {
+func TestWithAndStrip(t *testing.T) {
 	for _, tc := range []struct {
-		env, with []string
+		env, with, strip []string
 	}{
-		{[]string{"A=1"}, []string{"A=1", "GODEBUG=" + Setting, marker + "=1"}},
-		{[]string{"GODEBUG=", "A=1"}, []string{"A=1", "GODEBUG=" + Setting, marker + "=1"}},
-		{[]string{"GODEBUG=madvdontneed=1", "A=1", marker + "=1"},
-			[]string{"A=1", "GODEBUG=madvdontneed=1," + Setting, marker + "=1"}},
+		{[]string{"A=1"}, []string{"A=1", "GODEBUG=" + Setting, marker + "=1"}, []string{"A=1"}},
+		{[]string{"GODEBUG=", "A=1"}, []string{"A=1", "GODEBUG=" + Setting, marker + "=1"}, []string{"A=1"}},
+		{[]string{"GODEBUG=madvdontneed=1", "A=1"},
+			[]string{"A=1", "GODEBUG=madvdontneed=1," + Setting, marker + "=1"},
+			[]string{"A=1", "GODEBUG=madvdontneed=1"}},
 	} {
-		if with := With(tc.env); !slices.Equal(with, tc.with) {
+		with := With(tc.env)
+		if !slices.Equal(with, tc.with) {
 			t.Errorf("With(%q) = %q, want %q", tc.env, with, tc.with)
 		}
+		if strip := Strip(with); !slices.Equal(strip, tc.strip) {
+			t.Errorf("Strip(%q) = %q, want %q", with, strip, tc.strip)
+		}
+	}
+	// An operator's own schedtrace reaches children.
+	own := []string{"GODEBUG=schedtrace=1000"}
+	if got := Strip(own); !slices.Equal(got, own) {
+		t.Errorf("Strip(%q) = %q", own, got)
 	}
 }
 
@@ -56,13 +66,7 @@ func TestReexec(t *testing.T) {
 		{"schedtrace=2000000000", "GODEBUG=schedtrace=2000000000 marker="}, // already steady: no exec
 	} {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestReexec$")
-		var env []string // this test's environment, without GODEBUG and the marker
-		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, marker+"=") {
-				env = append(env, kv)
-			}
-		}
-		cmd.Env = append(env, "SYSMON_TEST_CHILD=1", "GODEBUG="+tc.godebug)
+		cmd.Env = append(Strip(os.Environ()), "SYSMON_TEST_CHILD=1", "GODEBUG="+tc.godebug)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("GODEBUG=%q: child failed: %v\n%s", tc.godebug, err, out)
