@@ -34,8 +34,8 @@ type node struct {
 	// exact: last is what a brick would answer for this regular file now
 	// (it came with its create, and nothing since changed what
 	// setattrEarly does not predict), so an early setattr's reply may be
-	// cached like a brick's. Cleared before a write or fallocate is
-	// submitted and by remember.
+	// cached like a brick's. Cleared before a write, fallocate or xattr
+	// change is submitted (notExact) and by remember.
 	exact bool
 
 	// Open-unlinked files (orphan.go).
