@@ -99,7 +99,12 @@
 // and refuses, with ENOSPC, any write, truncate or fallocate that would take
 // used past the quota. A growing op is admitted against the backend's count
 // plus the growth of the ops admitted but not yet returned from Do, under
-// one lock, so concurrent writers cannot overshoot the quota together. With the
+// one lock, so concurrent writers cannot overshoot the quota together. An
+// op's growth is how far it reaches past the file's size and past the ops
+// of the same file already in flight (the kernel writes a file back in
+// many concurrent requests, out of order), and a write tells the backend
+// its growth (Op.growth; 0 for an overwrite), so a backend that counts ops
+// before applying them need not count an overwrite's bytes. With the
 // writeback cache a buffered write() lands in the page cache first, so its
 // ENOSPC is reported by the write-back: at fsync(2) or close(2), as on NFS;
 // O_DIRECT writes and fallocate(2) report it at once. A Backend without

@@ -116,16 +116,19 @@ func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int6
 		off = a.Size
 	}
 	end := off + int64(len(data))
-	release, errno := n.admitGrowth(ctx, "write", end)
+	share, release, errno := n.admitGrowth(ctx, "write", end)
 	if errno != 0 {
 		return 0, errno
 	}
 	n.notExact()
 	// go-fuse reuses data once Write returns; the backend may keep op.
-	res, errno := n.fsys.do(ctx, "write", &brickpb.Op{Type: brickpb.OpType_OP_WRITE,
-		Fid: n.fid(), Offset: off, Data: bytes.Clone(data)})
-	release()
+	op := &brickpb.Op{Type: brickpb.OpType_OP_WRITE, Fid: n.fid(), Offset: off, Data: bytes.Clone(data)}
+	if share >= 0 {
+		op.Growth = &share
+	}
+	res, errno := n.fsys.do(ctx, "write", op)
 	if errno != 0 {
+		release(false)
 		return 0, errno
 	}
 	if a := res.GetAttr(); a != nil && a.Fid != 0 {
@@ -133,6 +136,7 @@ func (n *node) Write(ctx context.Context, f fs.FileHandle, data []byte, off int6
 	} else {
 		n.grewTo(end)
 	}
+	release(true)
 	if h, ok := f.(*handle); ok && h.direct && h.flags&(syscall.O_SYNC|syscall.O_DSYNC) != 0 {
 		if errno := n.fsys.sync(ctx, "write", n.fid()); errno != 0 {
 			return 0, errno
@@ -160,14 +164,14 @@ func (n *node) Allocate(ctx context.Context, f fs.FileHandle, off uint64, size u
 	case mode&fallocKeepSize != 0:
 		end = 0
 	}
-	release, errno := n.admitGrowth(ctx, "fallocate", end)
+	_, release, errno := n.admitGrowth(ctx, "fallocate", end)
 	if errno != 0 {
 		return errno
 	}
 	n.notExact()
 	res, errno := n.fsys.do(ctx, "fallocate", &brickpb.Op{Type: brickpb.OpType_OP_FALLOCATE,
 		Fid: n.fid(), Offset: int64(off), Size: int64(size), Flags: mode})
-	release()
+	release(errno == 0)
 	if errno != 0 {
 		return errno
 	}

@@ -38,6 +38,8 @@ type node struct {
 	// change is submitted (notExact) and by remember.
 	exact bool
 
+	grow growth // quota held for this file's growing ops in flight (quota.mu)
+
 	// Open-unlinked files (orphan.go).
 	opens     int  // handles open on this node
 	unlinked  bool // seen losing a name: may need OP_FORGET
@@ -222,7 +224,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 	if in.Valid&gofuse.FATTR_KILL_SUIDGID != 0 && n.mustKill() {
 		op.Flags |= brickpb.SetattrKillSUIDGID // killpriv.go
 	}
-	release := func() {}
+	release := func(bool) {}
 	sz, setSize := in.GetSize()
 	if setSize {
 		if sz > math.MaxInt64 {
@@ -231,7 +233,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 		op.Valid |= uint32(brickpb.SetattrBit_SETATTR_SIZE)
 		op.Size = int64(sz)
 		var errno syscall.Errno
-		if release, errno = n.admitGrowth(ctx, "setattr", op.Size); errno != 0 {
+		if _, release, errno = n.admitGrowth(ctx, "setattr", op.Size); errno != 0 {
 			return errno
 		}
 	}
@@ -245,7 +247,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 		return n.Getattr(ctx, f, out)
 	}
 	if a, ok, exact, errno := n.setattrEarly(ctx, op); ok || errno != 0 {
-		release()
+		release(errno == 0)
 		if errno != 0 {
 			return errno
 		}
@@ -261,7 +263,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *gofuse.SetAttrI
 		return 0
 	}
 	res, errno := n.fsys.do(ctx, "setattr", op)
-	release()
+	release(errno == 0)
 	if errno != 0 {
 		return errno
 	}
@@ -349,19 +351,21 @@ func (n *node) setattrEarly(ctx context.Context, op *brickpb.Op) (a *brickpb.Att
 	return a, true, exact, 0
 }
 
-// admitGrowth reserves quota for the file growing to end.
-func (n *node) admitGrowth(ctx context.Context, op string, end int64) (release func(), errno syscall.Errno) {
+// admitGrowth reserves quota for the file growing to end; share is what
+// admit says. Call release once the op returned, with whether it
+// succeeded.
+func (n *node) admitGrowth(ctx context.Context, op string, end int64) (share int64, release func(ok bool), errno syscall.Errno) {
 	n.mu.Lock()
-	grow := end - n.size
+	size := n.size
 	n.mu.Unlock()
-	release, err := n.fsys.quota.admit(context.WithoutCancel(ctx), grow)
+	share, release, err := n.fsys.quota.admit(context.WithoutCancel(ctx), &n.grow, size, end)
 	if err != nil {
 		if err == syscall.ENOSPC {
-			return nil, syscall.ENOSPC
+			return 0, nil, syscall.ENOSPC
 		}
-		return nil, n.fsys.fail(op, err, mutation, "fid", n.fid(), "grow", grow)
+		return 0, nil, n.fsys.fail(op, err, mutation, "fid", n.fid(), "grow", end-size)
 	}
-	return release, 0
+	return share, release, 0
 }
 
 // owner returns the uid, gid and mode a new entry of n gets: the caller's

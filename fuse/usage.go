@@ -21,45 +21,90 @@ type UsageReporter interface {
 }
 
 // quota admits growing ops against a byte limit. Admission reads the
-// backend's usage and adds the growth of every admitted op the backend may
-// not count yet; an admitted op's growth is released once Do returns (the
-// backend counts it from then on). Counting an op twice for a moment is
-// possible, counting it never is not, so concurrent writers cannot
-// overshoot the quota together.
+// backend's usage and adds what the admitted ops still in Do may grow their
+// files by, which the backend may not count yet; an op's share is released
+// once Do returns (the backend counts it from then on). Counting an op twice
+// for a moment is possible, counting it never is not, so concurrent writers
+// cannot overshoot the quota together.
+//
+// An op's share is how far it reaches past the file's size and past every
+// op of the same file admitted before it and still in flight, so a file's
+// ops in flight hold together its furthest reach. The kernel writes a file
+// back in many concurrent requests, out of order; when each held its whole
+// growth past the size the node last knew, the same bytes were counted over
+// and over (sixteen 1 MiB writes in flight held 136 MiB), which refused
+// sequential writes into a volume with room to spare. The share also goes
+// to the backend with a write (Op.growth), so that a backend that counts
+// ops it has not applied yet counts an overwrite as nothing.
 type quota struct {
 	limit atomic.Int64  // bytes; 0 = no quota (changes online: SetQuotaBytes)
 	usage UsageReporter // nil = the backend cannot say; not enforced
 
 	mu      sync.Mutex
-	pending int64 // growth of admitted ops still in Do
+	pending int64 // sum of every file's growth.held
+}
+
+// growth is one file's part of quota.pending, guarded by quota.mu.
+type growth struct {
+	inflight int   // admitted growing ops of the file still in Do
+	far      int64 // the furthest end admitted since inflight was last 0
+	held     int64 // bytes of pending held for the file
 }
 
 // enforced reports whether admit can refuse anything.
 func (q *quota) enforced() bool { return q.limit.Load() > 0 && q.usage != nil }
 
-// admit reserves grow bytes, or fails with ENOSPC when they do not fit.
-// The returned release must be called once the op has returned from Do,
-// whatever its outcome. A non-errno error is a UsedBytes failure.
-func (q *quota) admit(ctx context.Context, grow int64) (release func(), err error) {
-	if grow <= 0 || !q.enforced() {
-		return func() {}, nil
+// admit reserves room for an op that takes a file (g, of known size size)
+// to end, or fails with ENOSPC when it does not fit. It returns the op's
+// share (-1 when no quota is enforced: nothing was reckoned) and a release
+// to call once the op has returned from Do, saying whether it succeeded.
+// A non-errno error is a UsedBytes failure.
+func (q *quota) admit(ctx context.Context, g *growth, size, end int64) (share int64, release func(ok bool), err error) {
+	if !q.enforced() {
+		return -1, func(bool) {}, nil
+	}
+	if end <= size {
+		return 0, func(bool) {}, nil
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	used, err := q.usage.UsedBytes(ctx)
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
-	if used+q.pending+grow > q.limit.Load() {
-		return nil, syscall.ENOSPC
+	from := size
+	if g.inflight > 0 {
+		from = max(from, g.far)
 	}
-	q.pending += grow
+	share = max(end-from, 0)
+	if used+q.pending+share > q.limit.Load() {
+		return 0, nil, syscall.ENOSPC
+	}
+	g.inflight++
+	g.far = max(from, end)
+	g.held += share
+	q.pending += share
 	var once sync.Once
-	return func() {
+	return share, func(ok bool) {
 		once.Do(func() {
 			q.mu.Lock()
-			q.pending -= grow
-			q.mu.Unlock()
+			defer q.mu.Unlock()
+			g.inflight--
+			switch {
+			case g.inflight == 0:
+				// Every op of the file returned: the backend counts
+				// whatever of them was applied.
+				q.pending -= g.held
+				g.held, g.far = 0, 0
+			case ok:
+				// Applied or sequenced, so the backend counts the file
+				// to end (a file's usage is its size), covering every
+				// op admitted before this one too.
+				g.held -= share
+				q.pending -= share
+			}
+			// A failed op keeps its share while ops admitted after it,
+			// which counted on its reach, are in flight.
 		})
 	}, nil
 }

@@ -48,7 +48,17 @@ type backend struct {
 
 func (b *backend) NewFID() uint64 { return b.h.NewFID() }
 
+// trustGrowth drops a write's growth (fuse's quota share) unless this host
+// alone writes the volume: elsewhere the file system's idea of a file's
+// size may be another host's past, so the head counts the write's bytes.
+func (b *backend) trustGrowth(op *brickpb.Op) {
+	if !b.early {
+		op.Growth = nil
+	}
+}
+
 func (b *backend) Do(ctx context.Context, op *brickpb.Op) (*brickpb.OpResult, error) {
+	b.trustGrowth(op)
 	early := b.answersEarly(op)
 	done := b.names.Begin(op)
 	var res *brickpb.OpResult
@@ -183,6 +193,7 @@ func (b *backend) Sync(ctx context.Context) error { return b.h.Sync(ctx) }
 // Only a volume this host alone mounts answers ops before they are
 // applied (answersEarly says why); elsewhere it waits as Do does.
 func (b *backend) Submit(ctx context.Context, op *brickpb.Op) (uint64, error) {
+	b.trustGrowth(op)
 	if !b.early {
 		res, err := b.Do(ctx, op)
 		if err == nil && res.GetErrno() != 0 {

@@ -1125,7 +1125,12 @@ type Op struct {
 	// its stream's epoch only); origin_epoch never changes, so (seq,
 	// origin_epoch) names one op for divergence checks across heads.
 	// 0 in ops written before the field existed: epoch is the origin then.
-	OriginEpoch   uint64 `protobuf:"varint,22,opt,name=origin_epoch,json=originEpoch,proto3" json:"origin_epoch,omitempty"`
+	OriginEpoch uint64 `protobuf:"varint,22,opt,name=origin_epoch,json=originEpoch,proto3" json:"origin_epoch,omitempty"`
+	// growth, on a WRITE: at most how many bytes it adds to the volume's
+	// usage (the sum of its files' sizes), as the mount that made it
+	// reckoned under the quota; 0 for an overwrite. Absent: count all its
+	// bytes. The head's usage estimate uses it; bricks ignore it.
+	Growth        *int64 `protobuf:"varint,23,opt,name=growth,proto3,oneof" json:"growth,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1310,6 +1315,13 @@ func (x *Op) GetXattr() string {
 func (x *Op) GetOriginEpoch() uint64 {
 	if x != nil {
 		return x.OriginEpoch
+	}
+	return 0
+}
+
+func (x *Op) GetGrowth() int64 {
+	if x != nil && x.Growth != nil {
+		return *x.Growth
 	}
 	return 0
 }
@@ -2107,7 +2119,7 @@ const file_replica_proto_rawDesc = "" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x14\n" +
 	"\x05errno\x18\x04 \x01(\rR\x05errno\x12\x1d\n" +
 	"\n" +
-	"used_bytes\x18\x06 \x01(\x03R\tusedBytes\"\x89\x04\n" +
+	"used_bytes\x18\x06 \x01(\x03R\tusedBytes\"\xb1\x04\n" +
 	"\x02Op\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12$\n" +
@@ -2132,7 +2144,9 @@ const file_replica_proto_rawDesc = "" +
 	"\batime_ns\x18\x13 \x01(\x03R\aatimeNs\x12\x19\n" +
 	"\bmtime_ns\x18\x14 \x01(\x03R\amtimeNs\x12\x14\n" +
 	"\x05xattr\x18\x15 \x01(\tR\x05xattr\x12!\n" +
-	"\forigin_epoch\x18\x16 \x01(\x04R\voriginEpoch\"V\n" +
+	"\forigin_epoch\x18\x16 \x01(\x04R\voriginEpoch\x12\x1b\n" +
+	"\x06growth\x18\x17 \x01(\x03H\x00R\x06growth\x88\x01\x01B\t\n" +
+	"\a_growth\"V\n" +
 	"\bOpResult\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
 	"\x05errno\x18\x02 \x01(\rR\x05errno\x12\"\n" +
@@ -2331,6 +2345,7 @@ func file_replica_proto_init() {
 		return
 	}
 	file_brick_proto_init()
+	file_replica_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -465,9 +465,10 @@ func (h *Head) Resynced(brick string) { h.post(Resynced{Brick: brick}) }
 
 // UsedBytes is an upper bound of the volume's usage (the sum of its
 // regular files' sizes) counting every op sequenced so far: the primary
-// brick's last reported figure plus the bytes of the ops it has not
-// acknowledged yet (each counted as if it only grew files). ok is false
-// until the primary has reported.
+// brick's last reported figure plus what the ops it has not acknowledged
+// yet may add: a write's Op.growth when it carries one (an overwrite adds
+// nothing), else the op's bytes. ok is false until the primary has
+// reported.
 func (h *Head) UsedBytes() (used int64, ok bool) {
 	u := h.used.Load()
 	return u, u >= 0

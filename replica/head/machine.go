@@ -36,6 +36,8 @@ type Machine struct {
 	entries  []*entry // entries[i] holds seq trimSeq+1+i
 	inflight int64    // bytes of entries
 	seqBytes int64    // bytes of every op sequenced (entry.cum of the last)
+	seqGrow  int64    // usage growth of every op sequenced (entry.cumGrow of the last)
+	inGrow   int64    // usage growth of entries
 	covered  uint64   // highest seq a completed Sync covered
 	waiting  []uint64 // seqs with a result waiter, ascending (lazily cleaned)
 	backlog  []pending
@@ -101,6 +103,8 @@ type entry struct {
 	at      time.Time
 	size    int64
 	cum     int64                        // seqBytes once it was sequenced
+	grow    int64                        // how much it may add to the volume's usage (opGrowth)
+	cumGrow int64                        // seqGrow once it was sequenced
 	waiter  uint64                       // 0 once answered (or none)
 	early   bool                         // answered when sequenced (Submit without WantResult)
 	results map[string]*brickpb.OpResult // by brick
@@ -387,9 +391,12 @@ func (m *Machine) sequence(op *brickpb.Op, size int64) *entry {
 	m.lastSeq++
 	op.Seq, op.Epoch, op.OriginEpoch = m.lastSeq, m.epoch, m.epoch
 	m.seqBytes += size
-	e := &entry{op: op, at: m.now, size: size, cum: m.seqBytes}
+	grow := opGrowth(op, size)
+	m.seqGrow += grow
+	e := &entry{op: op, at: m.now, size: size, cum: m.seqBytes, grow: grow, cumGrow: m.seqGrow}
 	m.entries = append(m.entries, e)
 	m.inflight += size
+	m.inGrow += grow
 	return e
 }
 
@@ -749,6 +756,7 @@ func (m *Machine) trim() {
 			m.fallback(e, ErrNoResult)
 		}
 		m.inflight -= e.size
+		m.inGrow -= e.grow
 		m.entries[0] = nil
 		m.entries = m.entries[1:]
 		m.trimSeq++
@@ -856,12 +864,33 @@ func later(a, b time.Time) time.Time {
 }
 
 // UsedEstimate is an upper bound of the volume's usage after every op
-// sequenced so far: the primary's last reported usage plus the bytes of
-// the ops sequenced after the seq it reported at (see Head.UsedBytes).
+// sequenced so far: the primary's last reported usage plus the growth
+// (opGrowth) of the ops sequenced after the seq it reported at (see
+// Head.UsedBytes).
 func (m *Machine) UsedEstimate() (int64, bool) {
 	b := m.bricks[m.primary]
 	if b == nil || !b.usedOK {
 		return 0, false
 	}
-	return b.used + max(m.seqBytes-m.cumAt(b.usedAt), 0), true
+	return b.used + max(m.seqGrow-m.growAt(b.usedAt), 0), true
+}
+
+// growAt is seqGrow as it was when seq was sequenced; seq ≥ trimSeq.
+func (m *Machine) growAt(seq uint64) int64 {
+	if e := m.entry(seq); e != nil {
+		return e.cumGrow
+	}
+	return m.seqGrow - m.inGrow
+}
+
+// opGrowth is what the usage estimate counts for op: the growth a write
+// carries (the mount's quota share of it, 0 for an overwrite), otherwise
+// its size in the window, which bounds the data it carries. (A truncate
+// or fallocate may grow a file further; the mount's quota holds that
+// growth until the primary has answered the op.)
+func opGrowth(op *brickpb.Op, size int64) int64 {
+	if op.Type == brickpb.OpType_OP_WRITE && op.Growth != nil {
+		return max(op.GetGrowth(), 0)
+	}
+	return size
 }
