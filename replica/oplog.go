@@ -3,6 +3,8 @@ package replica
 import (
 	"fmt"
 
+	"google.golang.org/protobuf/proto"
+
 	"golang.org/x/sys/unix"
 
 	bolt "go.etcd.io/bbolt"
@@ -13,6 +15,9 @@ import (
 // scanSlice bounds how much of the log one read transaction collects.
 const scanSlice = 4 << 20
 
+// logArenaMax bounds the arena logOps keeps between batches.
+const logArenaMax = 4 << 20
+
 // logOps writes ops (validated, contiguous from applied+1) to the op log
 // before any of them touches the tree (one append to the log's segment
 // files, wal.go) and, when intent is not nil, commits the applied position
@@ -21,14 +26,30 @@ const scanSlice = 4 << 20
 // the oldest records beyond the bounds are dropped, none after meta.db's
 // applied position (a recovery replays from there). Caller holds applyMu.
 func (r *Replica) logOps(ops []*brickpb.Op, intent *intentRec) error {
+	// The records are encoded into one arena, kept between batches (ops
+	// are logged one batch at a time, under applyMu), so a write's data
+	// is not also zeroed by a fresh allocation on its way to the log.
 	encoded := make([][]byte, len(ops))
-	size := 0
+	size, want := 0, 0
+	for _, op := range ops {
+		want += 5 + proto.Size(op)
+	}
+	arena := r.logArena
+	if cap(arena) < want {
+		arena = make([]byte, 0, want)
+	}
+	arena = arena[:0]
 	for i, op := range ops {
-		var err error
-		if encoded[i], err = encodeLogRec(op); err != nil {
+		out, err := appendLogRec(arena, op)
+		if err != nil {
 			return err
 		}
+		encoded[i] = out[len(arena):len(out):len(out)]
+		arena = out
 		size += walHdr + len(encoded[i])
+	}
+	if cap(arena) <= logArenaMax {
+		r.logArena = arena[:0]
 	}
 	r.mu.Lock()
 	applied := r.applied

@@ -140,15 +140,23 @@ func decodeIntent(b []byte) (intentRec, error) {
 // A log record is the format byte, the CRC32C of the rest, and the op in
 // deterministic protobuf encoding.
 func encodeLogRec(op *brickpb.Op) ([]byte, error) {
-	// One buffer, header first: a write op's data is copied once here.
+	return appendLogRec(make([]byte, 0, 5+proto.Size(op)), op)
+}
+
+// appendLogRec appends op's record to buf, as append does: the record is
+// what follows buf's old length. A write op's data is copied once here,
+// header first, into one buffer (give it the room: 5 + proto.Size).
+func appendLogRec(buf []byte, op *brickpb.Op) ([]byte, error) {
 	mo := proto.MarshalOptions{Deterministic: true}
-	b, err := mo.MarshalAppend(make([]byte, 5, 5+mo.Size(op)), op)
+	start := len(buf)
+	out, err := mo.MarshalAppend(append(buf, 0, 0, 0, 0, 0), op)
 	if err != nil {
-		return nil, fmt.Errorf("encoding op %d: %w", op.GetSeq(), err)
+		return buf, fmt.Errorf("encoding op %d: %w", op.GetSeq(), err)
 	}
-	b[0] = recordFormat
-	binary.BigEndian.PutUint32(b[1:5], crc32.Checksum(b[5:], castagnoli))
-	return b, nil
+	rec := out[start:]
+	rec[0] = recordFormat
+	binary.BigEndian.PutUint32(rec[1:5], crc32.Checksum(rec[5:], castagnoli))
+	return out, nil
 }
 
 // decodeLogRec decodes the record stored under seq.

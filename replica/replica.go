@@ -124,7 +124,8 @@ type Replica struct {
 	fidsFD int // fids/
 	fds    *fdCache
 
-	applyMu sync.Mutex // serialises Apply, Sync, Fence, commits, Close
+	applyMu  sync.Mutex // serialises Apply, Sync, Fence, commits, Close
+	logArena []byte     // logOps' encoding buffer, kept between batches (applyMu)
 	// Guarded by applyMu.
 	intent   intentRec                // of the last exact op started
 	failed   *brickpb.Op              // the op that failed locally, possibly half done

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
 
 // The op log lives in segment files under <replica>/oplog/, not in
@@ -85,6 +87,8 @@ type opLog struct {
 	first  uint64   // oldest seq served (earlier records are trimmed); 0: empty
 	last   uint64
 	bytes  int64 // of the records first..last, headers included
+
+	scratch []byte // Append's buffer, kept between appends (one appender at a time)
 }
 
 // openOpLog opens (creating if needed) the log under dir, cutting a torn
@@ -318,12 +322,65 @@ func walSum(seq, payload []byte) uint32 {
 
 // appendWALRec appends the record of seq to buf.
 func appendWALRec(buf []byte, seq uint64, payload []byte) []byte {
+	return append(appendWALHdr(buf, seq, payload), payload...)
+}
+
+// appendWALHdr appends the header of seq's record to buf.
+func appendWALHdr(buf []byte, seq uint64, payload []byte) []byte {
 	var h [walHdr]byte
 	binary.LittleEndian.PutUint32(h[:], uint32(len(payload)))
 	binary.LittleEndian.PutUint64(h[8:], seq)
 	binary.LittleEndian.PutUint32(h[4:], walSum(h[8:16], payload))
-	buf = append(buf, h[:]...)
-	return append(buf, payload...)
+	return append(buf, h[:]...)
+}
+
+// Append's gathering: payloads up to walGatherMax are copied into its
+// buffer, bigger ones written from where they are; a buffer up to
+// walScratchMax is kept for the next append.
+const (
+	walGatherMax  = 16 << 10
+	walScratchMax = 1 << 20
+)
+
+// pwritev writes iov at off, all of it, in as few calls as IOV_MAX allows.
+func pwritev(f *os.File, iov [][]byte, off int64) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for len(iov) > 0 {
+		chunk := iov[:min(len(iov), 1024)]
+		var n int
+		var werr error
+		if err := rc.Write(func(fd uintptr) bool {
+			n, werr = unix.Pwritev(int(fd), chunk, off)
+			return true
+		}); err != nil {
+			return err
+		}
+		if werr == unix.EINTR {
+			continue
+		}
+		if werr != nil {
+			return werr
+		}
+		if n == 0 {
+			return io.ErrShortWrite
+		}
+		off += int64(n)
+		// Drop what was written, keeping the unwritten rest of a
+		// partly written buffer.
+		for n > 0 && len(iov) > 0 {
+			if n < len(iov[0]) {
+				iov[0] = iov[0][n:]
+				n = 0
+				break
+			}
+			n -= len(iov[0])
+			iov = iov[1:]
+		}
+	}
+	return nil
 }
 
 // Range is the oldest and newest seq served (0, 0: empty) and their bytes.
@@ -356,7 +413,6 @@ func (l *opLog) Append(first uint64, payloads [][]byte) error {
 		}
 		size += walHdr + len(p)
 	}
-	buf := make([]byte, 0, size+walHdr)
 	offs := make([]uint32, len(payloads))
 	base := int64(0)
 	fresh := tail == nil || tail.size >= l.segMax || tail.size+int64(size+walHdr) > tail.cap ||
@@ -364,19 +420,49 @@ func (l *opLog) Append(first uint64, payloads [][]byte) error {
 	if !fresh {
 		base = tail.size
 	}
+	// Headers and small payloads are gathered in one buffer; a big
+	// payload (a write's data) goes to the file from where it is, so it
+	// is not copied once more on its way (pwritev). The buffer's size is
+	// exact: it never moves while iov points into it.
+	gathered := walHdr // the end mark
+	for _, p := range payloads {
+		gathered += walHdr
+		if len(p) <= walGatherMax {
+			gathered += len(p)
+		}
+	}
+	buf := l.scratch
+	if cap(buf) < gathered {
+		buf = make([]byte, 0, gathered)
+	}
+	buf = buf[:0]
+	var iov [][]byte
+	from, at := 0, base
 	for i, p := range payloads {
-		offs[i] = uint32(base + int64(len(buf)))
-		buf = appendWALRec(buf, first+uint64(i), p)
+		offs[i] = uint32(at)
+		at += int64(walHdr + len(p))
+		buf = appendWALHdr(buf, first+uint64(i), p)
+		if len(p) <= walGatherMax {
+			buf = append(buf, p...)
+			continue
+		}
+		iov = append(iov, buf[from:], p)
+		from = len(buf)
 	}
 	buf = append(buf, make([]byte, walHdr)...) // the end mark
+	iov = append(iov, buf[from:])
+	if cap(buf) <= walScratchMax {
+		l.scratch = buf[:0]
+	}
+	total := at - base // the records, without the end mark
 	seg := tail
 	if fresh {
 		var err error
-		if seg, err = l.newSegment(first, int64(len(buf))); err != nil {
+		if seg, err = l.newSegment(first, total+walHdr); err != nil {
 			return err
 		}
 	}
-	if _, err := seg.f.WriteAt(buf, base); err != nil {
+	if err := pwritev(seg.f, iov, base); err != nil {
 		if fresh {
 			seg.f.Close()
 			os.Remove(filepath.Join(l.dir, segName(first)))
@@ -385,20 +471,19 @@ func (l *opLog) Append(first uint64, payloads [][]byte) error {
 		}
 		return fmt.Errorf("appending ops %d-%d to the op log: %w", first, first+uint64(len(payloads))-1, err)
 	}
-	buf = buf[:len(buf)-walHdr]
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if fresh {
 		l.segs = append(l.segs, seg)
 	}
 	seg.offs = append(seg.offs, offs...)
-	seg.size = base + int64(len(buf))
+	seg.size = base + total
 	seg.cap = max(seg.cap, seg.size+walHdr)
 	if l.first == 0 {
 		l.first = first
 	}
 	l.last = first + uint64(len(payloads)) - 1
-	l.bytes += int64(len(buf))
+	l.bytes += total
 	return nil
 }
 
