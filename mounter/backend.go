@@ -193,8 +193,7 @@ func (b *backend) Sync(ctx context.Context) error { return b.h.Sync(ctx) }
 // Only a volume this host alone mounts answers ops before they are
 // applied (answersEarly says why); elsewhere it waits as Do does.
 func (b *backend) Submit(ctx context.Context, op *brickpb.Op) (uint64, error) {
-	b.trustGrowth(op)
-	if !b.early {
+	if !b.early { // Do drops op.Growth
 		res, err := b.Do(ctx, op)
 		if err == nil && res.GetErrno() != 0 {
 			err = syscall.Errno(res.GetErrno())

@@ -454,7 +454,7 @@ func (l *opLog) Append(first uint64, payloads [][]byte) error {
 	if cap(buf) <= walScratchMax {
 		l.scratch = buf[:0]
 	}
-	total := at - base // the records, without the end mark
+	total := int64(size) // the records, without the end mark
 	seg := tail
 	if fresh {
 		var err error

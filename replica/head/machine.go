@@ -37,7 +37,7 @@ type Machine struct {
 	inflight int64    // bytes of entries
 	seqBytes int64    // bytes of every op sequenced (entry.cum of the last)
 	seqGrow  int64    // usage growth of every op sequenced (entry.cumGrow of the last)
-	inGrow   int64    // usage growth of entries
+	trimGrow int64    // seqGrow when trimSeq was sequenced
 	covered  uint64   // highest seq a completed Sync covered
 	waiting  []uint64 // seqs with a result waiter, ascending (lazily cleaned)
 	backlog  []pending
@@ -103,8 +103,7 @@ type entry struct {
 	at      time.Time
 	size    int64
 	cum     int64                        // seqBytes once it was sequenced
-	grow    int64                        // how much it may add to the volume's usage (opGrowth)
-	cumGrow int64                        // seqGrow once it was sequenced
+	cumGrow int64                        // seqGrow once it was sequenced (opGrowth)
 	waiter  uint64                       // 0 once answered (or none)
 	early   bool                         // answered when sequenced (Submit without WantResult)
 	results map[string]*brickpb.OpResult // by brick
@@ -391,12 +390,10 @@ func (m *Machine) sequence(op *brickpb.Op, size int64) *entry {
 	m.lastSeq++
 	op.Seq, op.Epoch, op.OriginEpoch = m.lastSeq, m.epoch, m.epoch
 	m.seqBytes += size
-	grow := opGrowth(op, size)
-	m.seqGrow += grow
-	e := &entry{op: op, at: m.now, size: size, cum: m.seqBytes, grow: grow, cumGrow: m.seqGrow}
+	m.seqGrow += opGrowth(op, size)
+	e := &entry{op: op, at: m.now, size: size, cum: m.seqBytes, cumGrow: m.seqGrow}
 	m.entries = append(m.entries, e)
 	m.inflight += size
-	m.inGrow += grow
 	return e
 }
 
@@ -756,7 +753,7 @@ func (m *Machine) trim() {
 			m.fallback(e, ErrNoResult)
 		}
 		m.inflight -= e.size
-		m.inGrow -= e.grow
+		m.trimGrow = e.cumGrow
 		m.entries[0] = nil
 		m.entries = m.entries[1:]
 		m.trimSeq++
@@ -880,7 +877,7 @@ func (m *Machine) growAt(seq uint64) int64 {
 	if e := m.entry(seq); e != nil {
 		return e.cumGrow
 	}
-	return m.seqGrow - m.inGrow
+	return m.trimGrow
 }
 
 // opGrowth is what the usage estimate counts for op: the growth a write

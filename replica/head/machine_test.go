@@ -502,28 +502,28 @@ func TestMachineUsedEstimateCountsGrowth(t *testing.T) {
 	if u, ok := h.m.UsedEstimate(); !ok || u != 1000 {
 		t.Fatalf("estimate %d (%v) after the primary reported 1000", u, ok)
 	}
-	over := write(4096)
-	zero := int64(0)
-	over.Growth = &zero
-	h.step(Submit{Op: over, Waiter: 1})
+	growing := func(n int, g int64) *brickpb.Op {
+		op := write(n)
+		op.Growth = &g
+		return op
+	}
+	h.step(Submit{Op: growing(4096, 0), Waiter: 1})
 	if u, _ := h.m.UsedEstimate(); u != 1000 {
 		t.Errorf("estimate %d after an overwrite of 4096 bytes, want 1000", u)
 	}
-	grows := write(4096)
-	g := int64(100)
-	grows.Growth = &g
-	h.step(Submit{Op: grows, Waiter: 2})
+	h.step(Submit{Op: growing(4096, 100), Waiter: 2})
 	if u, _ := h.m.UsedEstimate(); u != 1100 {
 		t.Errorf("estimate %d after a write growing 100 bytes, want 1100", u)
 	}
-	h.step(Submit{Op: write(4096), Waiter: 3}) // no growth said: its bytes
-	if u, _ := h.m.UsedEstimate(); u < 1100+4096 {
-		t.Errorf("estimate %d after a write of 4096 bytes without growth, want at least %d", u, 1100+4096)
+	plain := write(4096) // no growth said: its bytes
+	h.step(Submit{Op: plain, Waiter: 3})
+	if u, _ := h.m.UsedEstimate(); u != 1100+opSize(plain) {
+		t.Errorf("estimate %d after a write of 4096 bytes without growth, want %d", u, 1100+opSize(plain))
 	}
 	// The primary applied the first two and reports.
 	h.step(Ack{Brick: "a", Gen: h.gens["a"], Ack: &brickpb.ReplicateAck{AppliedSeq: 2, SyncedSeq: 2, UsedBytes: 1100}})
-	if u, _ := h.m.UsedEstimate(); u < 1100+4096 || u > 1100+4096+200 {
-		t.Errorf("estimate %d once the primary reported 1100 at seq 2, want about %d", u, 1100+4096)
+	if u, _ := h.m.UsedEstimate(); u != 1100+opSize(plain) {
+		t.Errorf("estimate %d once the primary reported 1100 at seq 2, want %d", u, 1100+opSize(plain))
 	}
 	for _, id := range []string{"a", "b", "c"} {
 		h.step(Ack{Brick: id, Gen: h.gens[id], Ack: &brickpb.ReplicateAck{AppliedSeq: 3, SyncedSeq: 3, UsedBytes: 5196}})
