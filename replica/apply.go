@@ -183,11 +183,12 @@ func (r *Replica) step(op *brickpb.Op, redo, intentLogged bool) (*brickpb.OpResu
 	res := &brickpb.OpResult{Seq: op.Seq}
 	if op.Type == brickpb.OpType_OP_SYNC {
 		r.publish(op)
-		if _, err := r.syncLocked(); err != nil {
+		if _, err := r.syncLocked(false); err != nil {
 			return nil, err
 		}
 		return res, nil
 	}
+	r.noteFlush(op)
 	before := int64(-1)
 	if sizeOp(op) {
 		before = r.fidSize(op.Fid)

@@ -48,7 +48,11 @@
 // meta.db is written with NoSync; OP_SYNC (Sync) runs syncfs on the
 // brick's file system, which flushes the tree and meta.db's earlier
 // commits together (when both are on one file system, else a synced commit
-// follows), and only then is the position reported as synced_seq. The
+// follows), and only then is the position reported as synced_seq. When
+// only convergent ops on at most two regular files ran since the last
+// flush and meta.db took no commit since, the barrier fsyncs those files
+// instead: the tree is as durable, and the op log and meta.db, which only
+// a recovery reads, are left to the page cache (rules 3 and 5). The
 // barrier commits nothing: the synced counter goes to meta.db with the
 // next commit and to the disk with the flush after, so on disk it may lag,
 // never lead; a recovery on the same boot syncs again and counts
