@@ -631,12 +631,15 @@ func (r *Replica) noteFlush(op *brickpb.Op) {
 }
 
 // syncLocked makes everything applied durable. full insists on a syncfs
-// (Close, recovery): it also flushes the op log and meta.db.
+// (Close, recovery), even with nothing applied since the last barrier:
+// barriers that fsynced files left the op log and meta.db to the page
+// cache, and a replica closed clean must find its log whole after a
+// reboot.
 func (r *Replica) syncLocked(full bool) (uint64, error) {
 	r.mu.Lock()
 	target, old := r.applied, r.synced
 	r.mu.Unlock()
-	if target == old {
+	if target == old && !full {
 		return old, nil
 	}
 	// The barrier's promise is the tree (design.md promise 1: the data

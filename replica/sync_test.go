@@ -75,4 +75,16 @@ func TestSyncFlushesWhatChanged(t *testing.T) {
 	if r.fsSyncs != fs+1 {
 		t.Errorf("barrier after a commit: %d syncfs, want 1", r.fsSyncs-fs)
 	}
+
+	// Close flushes the op log and meta.db that file barriers left to the
+	// page cache, even with nothing applied since the last barrier.
+	must(t, r, writeOp(2, 0, "d"))
+	sync()
+	fs = r.fsSyncs
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r.fsSyncs != fs+1 {
+		t.Errorf("Close after a file barrier: %d syncfs, want 1", r.fsSyncs-fs)
+	}
 }
