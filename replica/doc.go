@@ -52,7 +52,8 @@
 // only convergent ops on at most two regular files ran since the last
 // flush and meta.db took no commit since, the barrier fsyncs those files
 // instead: the tree is as durable, and the op log and meta.db, which only
-// a recovery reads, are left to the page cache (rules 3 and 5). The
+// a recovery reads, are left to the page cache (rules 3 and 5) until the
+// next syncfs; Close and a recovery always run one. The
 // barrier commits nothing: the synced counter goes to meta.db with the
 // next commit and to the disk with the flush after, so on disk it may lag,
 // never lead; a recovery on the same boot syncs again and counts
