@@ -355,15 +355,17 @@ func (n *node) setattrEarly(ctx context.Context, op *brickpb.Op) (a *brickpb.Att
 // admit says. Call release once the op returned, with whether it
 // succeeded.
 func (n *node) admitGrowth(ctx context.Context, op string, end int64) (share int64, release func(ok bool), errno syscall.Errno) {
-	n.mu.Lock()
-	size := n.size
-	n.mu.Unlock()
-	share, release, err := n.fsys.quota.admit(context.WithoutCancel(ctx), &n.grow, size, end)
+	sizeOf := func() int64 {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return n.size
+	}
+	share, release, err := n.fsys.quota.admit(context.WithoutCancel(ctx), &n.grow, sizeOf, end)
 	if err != nil {
 		if err == syscall.ENOSPC {
 			return 0, nil, syscall.ENOSPC
 		}
-		return 0, nil, n.fsys.fail(op, err, mutation, "fid", n.fid(), "grow", end-size)
+		return 0, nil, n.fsys.fail(op, err, mutation, "fid", n.fid(), "grow", end-sizeOf())
 	}
 	return share, release, 0
 }

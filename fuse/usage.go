@@ -25,7 +25,8 @@ type UsageReporter interface {
 // files by, which the backend may not count yet; an op's share is released
 // once Do returns (the backend counts it from then on). Counting an op twice
 // for a moment is possible, counting it never is not, so concurrent writers
-// cannot overshoot the quota together.
+// cannot overshoot the quota together; an op that only such shares keep out
+// waits for them to be released before it is refused.
 //
 // An op's share is how far it reaches past the file's size and past every
 // op of the same file admitted before it and still in flight, so a file's
@@ -40,8 +41,14 @@ type quota struct {
 	limit atomic.Int64  // bytes; 0 = no quota (changes online: SetQuotaBytes)
 	usage UsageReporter // nil = the backend cannot say; not enforced
 
+	// refuseAtOnce (unit tests) refuses at once what only the shares of
+	// ops in flight keep out, instead of waiting for them (admit).
+	refuseAtOnce bool
+
 	mu      sync.Mutex
-	pending int64 // sum of every file's growth.held
+	pending int64         // sum of every file's growth.held
+	inDo    int           // admitted ops not released yet
+	freed   chan struct{} // closed and dropped by every release; made by a waiting admit
 }
 
 // growth is one file's part of quota.pending, guarded by quota.mu.
@@ -54,35 +61,63 @@ type growth struct {
 // enforced reports whether admit can refuse anything.
 func (q *quota) enforced() bool { return q.limit.Load() > 0 && q.usage != nil }
 
-// admit reserves room for an op that takes a file (g, of known size size)
-// to end, or fails with ENOSPC when it does not fit. It returns the op's
+// admit reserves room for an op that takes a file (g, whose known size
+// sizeOf reads; it may be called under quota.mu) to end, or fails with ENOSPC when it does not fit. It returns the op's
 // share (-1 when no quota is enforced: nothing was reckoned) and a release
 // to call once the op has returned from Do, saying whether it succeeded.
 // A non-errno error is a UsedBytes failure.
-func (q *quota) admit(ctx context.Context, g *growth, size, end int64) (share int64, release func(ok bool), err error) {
+func (q *quota) admit(ctx context.Context, g *growth, sizeOf func() int64, end int64) (share int64, release func(ok bool), err error) {
 	if !q.enforced() {
 		return -1, func(bool) {}, nil
 	}
-	if end <= size {
+	if end <= sizeOf() {
 		return 0, func(bool) {}, nil
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	used, err := q.usage.UsedBytes(ctx)
-	if err != nil {
-		return 0, nil, err
+	waits := -1
+	var from int64
+	for {
+		used, err := q.usage.UsedBytes(ctx)
+		if err != nil {
+			return 0, nil, err
+		}
+		// Read afresh after a wait: ops of the file that were released
+		// meanwhile grew it.
+		from = sizeOf()
+		if g.inflight > 0 {
+			from = max(from, g.far)
+		}
+		// An op within what the file's ops in flight already hold takes
+		// nothing more: it passes even when the backend counts some of
+		// them twice for a moment.
+		share = max(end-from, 0)
+		limit := q.limit.Load()
+		if share == 0 || used+q.pending+share <= limit {
+			break
+		}
+		// An op that returned from Do is counted by the backend before
+		// its release, so for a moment the shares of ops in flight may
+		// count twice: with a dozen 1 MiB write-backs in flight that
+		// refused writes that fit. When only those shares keep this op
+		// out, wait for the ops in flight now to be released (a release
+		// each at most, so the wait ends) and look again.
+		if waits < 0 {
+			waits = q.inDo
+		}
+		if used+share > limit || waits == 0 || q.refuseAtOnce {
+			return 0, nil, syscall.ENOSPC
+		}
+		waits--
+		if q.freed == nil {
+			q.freed = make(chan struct{})
+		}
+		freed := q.freed
+		q.mu.Unlock()
+		<-freed
+		q.mu.Lock()
 	}
-	from := size
-	if g.inflight > 0 {
-		from = max(from, g.far)
-	}
-	share = max(end-from, 0)
-	if share > 0 && used+q.pending+share > q.limit.Load() {
-		// An op within what the file's ops in flight already hold
-		// takes nothing more: it passes even when the backend counts
-		// some of them twice for a moment.
-		return 0, nil, syscall.ENOSPC
-	}
+	q.inDo++
 	g.inflight++
 	g.far = max(from, end)
 	g.held += share
@@ -92,6 +127,11 @@ func (q *quota) admit(ctx context.Context, g *growth, size, end int64) (share in
 		once.Do(func() {
 			q.mu.Lock()
 			defer q.mu.Unlock()
+			q.inDo--
+			if q.freed != nil {
+				close(q.freed)
+				q.freed = nil
+			}
 			g.inflight--
 			switch {
 			case g.inflight == 0:
