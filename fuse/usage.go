@@ -62,10 +62,11 @@ type growth struct {
 func (q *quota) enforced() bool { return q.limit.Load() > 0 && q.usage != nil }
 
 // admit reserves room for an op that takes a file (g, whose known size
-// sizeOf reads; it may be called under quota.mu) to end, or fails with ENOSPC when it does not fit. It returns the op's
-// share (-1 when no quota is enforced: nothing was reckoned) and a release
-// to call once the op has returned from Do, saying whether it succeeded.
-// A non-errno error is a UsedBytes failure.
+// sizeOf reads; it is called under quota.mu) to end, or fails with ENOSPC
+// when it does not fit. It returns the op's share (-1 when no quota is
+// enforced: nothing was reckoned) and a release to call once the op has
+// returned from Do, saying whether it succeeded. A non-errno error is a
+// UsedBytes failure.
 func (q *quota) admit(ctx context.Context, g *growth, sizeOf func() int64, end int64) (share int64, release func(ok bool), err error) {
 	if !q.enforced() {
 		return -1, func(bool) {}, nil
@@ -99,7 +100,7 @@ func (q *quota) admit(ctx context.Context, g *growth, sizeOf func() int64, end i
 		// An op that returned from Do is counted by the backend before
 		// its release, so for a moment the shares of ops in flight may
 		// count twice: with a dozen 1 MiB write-backs in flight that
-		// refused writes that fit. When only those shares keep this op
+		// could refuse writes that fit. When only those shares keep this op
 		// out, wait for the ops in flight now to be released (a release
 		// each at most, so the wait ends) and look again.
 		if waits < 0 {
