@@ -140,31 +140,12 @@ func TestQuotaWaitsForSharesInFlight(t *testing.T) {
 	}
 	u.used = 40 // a's op returned from Do: counted, not yet released
 
-	type result struct {
-		share int64
-		rel   func(bool)
-		err   error
-	}
-	got := make(chan result, 1)
+	got := make(chan admitResult, 1)
 	go func() {
 		share, rel, err := q.admit(ctx, &b, fixed(0), 20) // 40 + 40 + 20 > 64, 40 + 20 fits
-		got <- result{share, rel, err}
+		got <- admitResult{share, rel, err}
 	}()
-	// The admit must be waiting, not refused.
-	for {
-		q.mu.Lock()
-		waiting := q.freed != nil
-		q.mu.Unlock()
-		if waiting {
-			break
-		}
-		select {
-		case r := <-got:
-			t.Fatalf("a write that fits once the op in flight is released: share %d, %v; want it to wait", r.share, r.err)
-		default:
-		}
-		runtime.Gosched()
-	}
+	awaitWaiting(t, q, got, "a write that fits once the op in flight is released")
 	relA(true)
 	r := <-got
 	if r.err != nil || r.share != 20 {
@@ -185,17 +166,9 @@ func TestQuotaWaitsForSharesInFlight(t *testing.T) {
 	// twice: refused once that op is released.
 	go func() {
 		_, _, err := q.admit(ctx, &b, fixed(20), 22)
-		got <- result{err: err}
+		got <- admitResult{err: err}
 	}()
-	for {
-		q.mu.Lock()
-		waiting := q.freed != nil
-		q.mu.Unlock()
-		if waiting {
-			break
-		}
-		runtime.Gosched()
-	}
+	awaitWaiting(t, q, got, "a write kept out by a share in flight")
 	u.used = 64
 	relC(true)
 	if r := <-got; !errors.Is(r.err, syscall.ENOSPC) {
@@ -203,5 +176,32 @@ func TestQuotaWaitsForSharesInFlight(t *testing.T) {
 	}
 	if q.pending != 0 || q.inDo != 0 {
 		t.Errorf("pending %d, in Do %d after every release; want 0, 0", q.pending, q.inDo)
+	}
+}
+
+// admitResult is what an admit run in a goroutine returned.
+type admitResult struct {
+	share int64
+	rel   func(bool)
+	err   error
+}
+
+// awaitWaiting returns once an admit waits for a release (it made
+// q.freed); what must wait fails the test if its admit returns first.
+func awaitWaiting(t *testing.T, q *quota, got <-chan admitResult, what string) {
+	t.Helper()
+	for {
+		q.mu.Lock()
+		waiting := q.freed != nil
+		q.mu.Unlock()
+		if waiting {
+			return
+		}
+		select {
+		case r := <-got:
+			t.Fatalf("%s: share %d, %v; want it to wait", what, r.share, r.err)
+		default:
+		}
+		runtime.Gosched()
 	}
 }
