@@ -72,6 +72,11 @@ func NewKey(secret string) (*Key, error) {
 	}, nil
 }
 
+// ProtoReplicate is the ALPN name of the replication stream's own framing
+// (package replica/framed). A Listener hands connections that negotiated it
+// to the listener Route returns, the rest to its own Accept.
+const ProtoReplicate = "brick-replicate/1"
+
 // GossipKey is the 32-byte AES key for memberlist's encryption.
 func (k *Key) GossipKey() []byte { return append([]byte(nil), k.gossip...) }
 
@@ -79,10 +84,12 @@ func (k *Key) GossipKey() []byte { return append([]byte(nil), k.gossip...) }
 // to present the cluster certificate.
 func (k *Key) ServerTLS() *tls.Config {
 	return &tls.Config{
-		Certificates:          []tls.Certificate{k.cert},
-		ClientAuth:            tls.RequireAnyClientCert,
-		MinVersion:            tls.VersionTLS13,
-		NextProtos:            []string{"h2"}, // gRPC clients insist on ALPN h2
+		Certificates: []tls.Certificate{k.cert},
+		ClientAuth:   tls.RequireAnyClientCert,
+		MinVersion:   tls.VersionTLS13,
+		// A client that names ProtoReplicate gets it (Listener.Route); gRPC
+		// clients that insist on ALPN get h2.
+		NextProtos:            []string{ProtoReplicate, "h2"},
 		VerifyPeerCertificate: k.verify,
 	}
 }

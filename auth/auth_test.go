@@ -1,7 +1,12 @@
 package auth
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
 	"testing"
 	"time"
 )
@@ -79,4 +84,86 @@ func handshake(t *testing.T, serverKey, clientKey string) error {
 		return e
 	}
 	return err
+}
+
+// TestRouteByALPN: a connection dialed for ProtoReplicate reaches the
+// route's listener, any other the Listener's own Accept; a daemon that
+// routes nothing is told apart from one without the key.
+func TestRouteByALPN(t *testing.T) {
+	k, err := NewKey(DevKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := k.Listen(inner, "test", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer l.Close()
+	routed, err := l.Route(ProtoReplicate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Route("h2"); err == nil {
+		t.Error("Route(h2) gave a listener")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	accept := func(ln net.Listener) <-chan net.Conn {
+		ch := make(chan net.Conn, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err == nil {
+				ch <- c
+			}
+		}()
+		return ch
+	}
+	plainCh, routedCh := accept(l), accept(routed)
+	rc, err := k.DialProtocol(ctx, l.Addr().String(), ProtoReplicate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	select {
+	case c := <-routedCh:
+		defer c.Close()
+	case c := <-plainCh:
+		c.Close()
+		t.Fatal("a connection dialed for the replication protocol reached the plain listener")
+	case <-ctx.Done():
+		t.Fatal("the routed connection was never accepted")
+	}
+	pc, err := k.Dial(ctx, l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	select {
+	case c := <-plainCh:
+		defer c.Close()
+	case <-ctx.Done():
+		t.Fatal("a plain connection was never accepted")
+	}
+
+	// A daemon of an older version offers h2 only.
+	old := k.ServerTLS()
+	old.NextProtos = []string{"h2"}
+	ol, err := tls.Listen("tcp", "127.0.0.1:0", old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ol.Close()
+	go func() {
+		if c, err := ol.Accept(); err == nil {
+			c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	if c, err := k.DialProtocol(ctx, ol.Addr().String(), ProtoReplicate); !errors.Is(err, ErrNoProtocol) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("dialing a daemon without the route: %v, want ErrNoProtocol", err)
+	}
 }

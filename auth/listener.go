@@ -26,9 +26,10 @@ type Listener struct {
 	log     *slog.Logger
 	service string
 
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
+	conns  chan net.Conn
+	routed map[string]chan net.Conn // ALPN protocol → its listener's connections
+	done   chan struct{}
+	once   sync.Once
 
 	mu       sync.Mutex
 	lastWarn map[string]time.Time
@@ -39,6 +40,7 @@ func (k *Key) Listen(ln net.Listener, service string, log *slog.Logger) *Listene
 	l := &Listener{
 		inner: ln, key: k, log: log, service: service,
 		conns: make(chan net.Conn), done: make(chan struct{}),
+		routed:   map[string]chan net.Conn{ProtoReplicate: make(chan net.Conn)},
 		lastWarn: map[string]time.Time{},
 	}
 	go l.acceptLoop()
@@ -65,8 +67,12 @@ func (l *Listener) handshake(c net.Conn) {
 		return
 	}
 	tc.SetDeadline(time.Time{})
+	to := l.conns
+	if ch, ok := l.routed[tc.ConnectionState().NegotiatedProtocol]; ok {
+		to = ch
+	}
 	select {
-	case l.conns <- tc:
+	case to <- tc:
 	case <-l.done:
 		tc.Close()
 	}
@@ -117,6 +123,34 @@ func (l *Listener) Close() error {
 // Addr is the listening address.
 func (l *Listener) Addr() net.Addr { return l.inner.Addr() }
 
+// Route is the listener of the connections that negotiated protocol (one
+// of ProtoReplicate) through ALPN; Accept never returns them. Closing it
+// closes l. A connection nobody accepts waits until l is closed.
+func (l *Listener) Route(protocol string) (net.Listener, error) {
+	ch, ok := l.routed[protocol]
+	if !ok {
+		return nil, fmt.Errorf("listener for %s: no route for protocol %q", l.service, protocol)
+	}
+	return &route{l: l, conns: ch}, nil
+}
+
+type route struct {
+	l     *Listener
+	conns chan net.Conn
+}
+
+func (r *route) Accept() (net.Conn, error) {
+	select {
+	case c := <-r.conns:
+		return c, nil
+	case <-r.l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (r *route) Close() error   { return r.l.Close() }
+func (r *route) Addr() net.Addr { return r.l.Addr() }
+
 // Dial opens an authenticated connection to addr; a server without the
 // cluster key fails with an error wrapping ErrWrongKey.
 func (k *Key) Dial(ctx context.Context, addr string) (net.Conn, error) {
@@ -124,6 +158,30 @@ func (k *Key) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+// ErrNoProtocol is what DialProtocol returns (wrapped) when the server
+// does not route the protocol: a daemon of an older version.
+var ErrNoProtocol = errors.New("the daemon does not speak this protocol")
+
+// DialProtocol opens an authenticated connection to addr for protocol,
+// which the server's Listener hands to its Route(protocol).
+func (k *Key) DialProtocol(ctx context.Context, addr, protocol string) (net.Conn, error) {
+	cfg := k.ClientTLS()
+	// h2 too: an older daemon, which knows no routes, then completes the
+	// handshake and the caller learns it here instead of from a refusal
+	// logged as a failed authentication.
+	cfg.NextProtos = []string{protocol, "h2"}
+	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s for %s: %w", addr, protocol, err)
+	}
+	if got := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; got != protocol {
+		c.Close()
+		return nil, fmt.Errorf("connecting to %s for %s (it offered %q): %w", addr, protocol, got, ErrNoProtocol)
 	}
 	return c, nil
 }

@@ -89,6 +89,10 @@ type Config struct {
 	// ReplicationLinger is how long each mount process's head may hold
 	// back ops nobody waits for yet to batch them (head.Config.Linger).
 	ReplicationLinger time.Duration
+	// ReplicationStream is how each mount process's head carries its
+	// replication streams: "framed" (package replica/framed, on a
+	// connection of its own) or "grpc" (a gRPC stream). Bricks serve both.
+	ReplicationStream string
 	// NameCache is how many names each mount process's head keeps to
 	// answer lookups of names that cannot exist without asking a brick
 	// (package namecache); 0 turns it off.
@@ -151,6 +155,7 @@ func DefaultConfig() Config {
 		MountProcs:        1,
 		NameCache:         1 << 18,
 		ReplicationLinger: 2 * time.Millisecond,
+		ReplicationStream: "framed",
 		LocalReads:        true,
 		CSIKubeletDir:     "/var/lib/kubelet",
 		DockerSocket:      "/run/docker/plugins/brick.sock",
@@ -213,6 +218,9 @@ func (c Config) Validate() error {
 	}
 	if c.ReplicationLinger < 0 || c.ReplicationLinger > 100*time.Millisecond {
 		return fmt.Errorf("--replication-linger %v: want 0 (off) to 100ms", c.ReplicationLinger)
+	}
+	if c.ReplicationStream != "framed" && c.ReplicationStream != "grpc" {
+		return fmt.Errorf("--replication-stream %q: want framed or grpc", c.ReplicationStream)
 	}
 	if c.NameCache < 0 || c.NameCache > 1<<26 {
 		return fmt.Errorf("--name-cache %d: want 0 (off) to %d names", c.NameCache, 1<<26)

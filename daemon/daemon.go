@@ -34,6 +34,7 @@ import (
 	"github.com/brickvol/brick/membership"
 	"github.com/brickvol/brick/proto/brickpb"
 	"github.com/brickvol/brick/replica"
+	"github.com/brickvol/brick/replica/framed"
 )
 
 // Daemon is one running brickd.
@@ -50,6 +51,7 @@ type Daemon struct {
 	peers    *peerClients
 
 	grpcSrv   *grpc.Server
+	streamSrv *framed.Server // replication streams in their own framing (ALPN auth.ProtoReplicate)
 	healthSrv *http.Server
 	listeners []net.Listener
 
@@ -135,7 +137,9 @@ func Start(cfg Config) (d *Daemon, err error) {
 	brickpb.RegisterControlServer(d.grpcSrv, &controlService{d: d})
 	brickpb.RegisterPeerServer(d.grpcSrv, &peerService{d: d})
 	d.replicas = &replicas{d: d, m: map[string]*replica.Replica{}}
-	brickpb.RegisterReplicaServer(d.grpcSrv, &replicaService{Server: replica.NewServer(d.replicas.lookup, log.With("component", "replica")), d: d})
+	replicaSrv := replica.NewServer(d.replicas.lookup, log.With("component", "replica"))
+	brickpb.RegisterReplicaServer(d.grpcSrv, &replicaService{Server: replicaSrv, d: d})
+	d.streamSrv = framed.NewServer(func(st *framed.ServerStream) error { return replicaSrv.ServeReplicate(st) })
 	gl, err := net.Listen("tcp", cfg.addr(cfg.GRPCPort))
 	if err != nil {
 		return nil, fmt.Errorf("listening for gRPC on %s: %w", cfg.addr(cfg.GRPCPort), err)
@@ -143,6 +147,12 @@ func Start(cfg Config) (d *Daemon, err error) {
 	authGL := d.key.Listen(gl, "grpc", log)
 	d.listeners = append(d.listeners, authGL)
 	d.serve(func() error { return d.grpcSrv.Serve(authGL) })
+	// Replication streams that asked for their own framing by ALPN.
+	streamL, err := authGL.Route(auth.ProtoReplicate)
+	if err != nil {
+		return nil, err
+	}
+	d.serve(func() error { return d.streamSrv.Serve(streamL) })
 	if cfg.Socket != "" {
 		ul, err := listenUnix(cfg.Socket)
 		if err != nil {
@@ -247,6 +257,9 @@ func (d *Daemon) Leave() {
 // Stop shuts everything down. Safe to call on a half-started daemon.
 func (d *Daemon) Stop() {
 	d.cancel()
+	if d.streamSrv != nil {
+		d.streamSrv.Close()
+	}
 	if d.grpcSrv != nil {
 		stopped := make(chan struct{})
 		go func() { d.grpcSrv.GracefulStop(); close(stopped) }()

@@ -296,6 +296,7 @@ func (d *Daemon) startMountProcess(ctx context.Context, vol *brickpb.Volume, dir
 		fmt.Sprintf("BRICK_MOUNT_FAILOVER_TIMEOUT=%s", d.cfg.FailoverTimeout),
 		fmt.Sprintf("BRICK_MOUNT_NAME_CACHE=%d", d.cfg.NameCache),
 		fmt.Sprintf("BRICK_MOUNT_REPLICATION_LINGER=%s", d.cfg.ReplicationLinger),
+		"BRICK_MOUNT_REPLICATION_STREAM="+d.cfg.ReplicationStream,
 	)
 	if p, err := d.store.Path(vol.Id); err == nil && d.cfg.LocalReads && !d.cfg.NoDisk {
 		cmd.Env = append(cmd.Env, "BRICK_MOUNT_REPLICA_DIR="+p)

@@ -48,6 +48,10 @@ type Config struct {
 	// Linger is how long the head may hold back ops nobody waits for yet
 	// to batch them (head.Config.Linger); 0 sends every op at once.
 	Linger time.Duration
+	// GRPCStreams carries the replication streams as gRPC streams instead
+	// of package framed's connections (which a brick of an older version
+	// does not serve: the head then falls back to gRPC by itself).
+	GRPCStreams bool
 	// ReplicaDir, when set, is this host's replica of the volume, read
 	// directly when it is the primary and has applied what a read must
 	// see (backend.readLocal); empty reads through the brick always.
@@ -183,7 +187,7 @@ type headRun struct {
 func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, addrs map[string]string, others []string, log *slog.Logger, fidGap uint64) (*headRun, error) {
 	// Fence every in-sync brick at our epoch and bring them level from the
 	// longest log before the first op; drop the ones that cannot be.
-	tr := &transport{c: c, volID: vol.Id, addrs: addrs}
+	tr := &transport{c: c, volID: vol.Id, addrs: addrs, grpcStreams: cfg.GRPCStreams, log: log}
 	to, err := head.Takeover(ctx, tr, vol.Epoch, vol.Isr, log)
 	if err != nil {
 		return nil, fmt.Errorf("taking %s over at epoch %d: %w", vol.Name, vol.Epoch, err)

@@ -5,21 +5,28 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/brickvol/brick/auth"
 	"github.com/brickvol/brick/proto/brickpb"
+	"github.com/brickvol/brick/replica/framed"
 	"github.com/brickvol/brick/replica/head"
 )
 
-// transport is the head's Transport over gRPC Replicate streams.
+// transport is the head's Transport: replication streams on connections
+// of their own (package framed), or gRPC Replicate streams with
+// grpcStreams or when a brick serves no others.
 type transport struct {
-	c     *conns
-	volID string
-	addrs map[string]string // brick ID → gRPC address
+	c           *conns
+	volID       string
+	addrs       map[string]string // brick ID → gRPC address
+	grpcStreams bool
+	log         *slog.Logger
 }
 
 // Open fences the brick at the head's epoch, then opens its stream. The
@@ -42,6 +49,31 @@ func (t *transport) Open(ctx context.Context, brick string, epoch uint64) (head.
 	if f.PromisedEpoch > epoch {
 		return nil, head.Position{}, fmt.Errorf("brick %s promised epoch %d, this head has %d: %w", brick, f.PromisedEpoch, epoch, head.ErrStaleEpoch)
 	}
+	s, err := t.openStream(ctx, rc, addr, ref)
+	if err != nil {
+		return nil, head.Position{}, classify(fmt.Errorf("opening the replication stream to %s: %w", brick, err))
+	}
+	s.brick = brick
+	return s, head.Position{Applied: f.AppliedSeq, Synced: f.SyncedSeq, AppliedEpoch: f.AppliedEpoch, MaxFID: f.MaxFid,
+		NeedsFullHeal: f.NeedsFullHeal, UsedBytes: f.UsedBytes}, nil
+}
+
+// openStream opens a stream at ref and sends its open message.
+func (t *transport) openStream(ctx context.Context, rc brickpb.ReplicaClient, addr string, ref *brickpb.VolumeRef) (*stream, error) {
+	if !t.grpcStreams {
+		c, err := t.c.key.DialProtocol(ctx, addr, auth.ProtoReplicate)
+		if err == nil {
+			fc, err := framed.Open(c, ref)
+			if err != nil {
+				return nil, err
+			}
+			return &stream{st: fc, close: fc.Close}, nil
+		}
+		if !errors.Is(err, auth.ErrNoProtocol) {
+			return nil, err
+		}
+		t.log.Warn("brick serves replication streams over gRPC only (an older brickd?); using gRPC", "addr", addr)
+	}
 	sctx, cancel := context.WithCancel(context.Background())
 	st, err := rc.Replicate(sctx)
 	if err == nil {
@@ -49,11 +81,9 @@ func (t *transport) Open(ctx context.Context, brick string, epoch uint64) (head.
 	}
 	if err != nil {
 		cancel()
-		return nil, head.Position{}, classify(fmt.Errorf("opening the replication stream to %s: %w", brick, err))
+		return nil, err
 	}
-	return &stream{st: st, cancel: cancel, brick: brick},
-		head.Position{Applied: f.AppliedSeq, Synced: f.SyncedSeq, AppliedEpoch: f.AppliedEpoch, MaxFID: f.MaxFid,
-			NeedsFullHeal: f.NeedsFullHeal, UsedBytes: f.UsedBytes}, nil
+	return &stream{st: st, close: func() error { cancel(); return nil }}, nil
 }
 
 // OpsSince streams source's op log after afterSeq (Replica.OpsSince at
@@ -114,10 +144,14 @@ func (t *transport) logError(ctx context.Context, rc brickpb.ReplicaClient, ref 
 	return wrapped // the log covers it now: worth a retry
 }
 
+// stream is one brick's replication stream, framed or gRPC.
 type stream struct {
-	st     brickpb.Replica_ReplicateClient
-	cancel context.CancelFunc
-	brick  string
+	st interface {
+		Send(*brickpb.ReplicateRequest) error
+		Recv() (*brickpb.ReplicateAck, error)
+	}
+	close func() error
+	brick string
 }
 
 func (s *stream) Send(ops []*brickpb.Op) error {
@@ -139,8 +173,7 @@ func (s *stream) Recv() (*brickpb.ReplicateAck, error) {
 }
 
 func (s *stream) Close() error {
-	s.cancel()
-	return nil
+	return s.close()
 }
 
 // classify marks a brick's refusal of our epoch as head.ErrStaleEpoch.

@@ -126,12 +126,25 @@ func (s *Server) Fence(ctx context.Context, req *brickpb.FenceRequest) (*brickpb
 	return resp, toStatus(err)
 }
 
-// Replicate applies the head's stream: the first message opens it (volume
-// and epoch; ops may follow in the same message), every message is acked
-// with the position and the results of its ops. Every op must carry the
-// stream's epoch. A fatal error is acked (error, errno, and the results
-// of the ops applied before it) and then ends the stream with its status.
+// ReplicateStream is a brick's end of a replication stream: gRPC's
+// (Replicate) or one of package framed's connections.
+type ReplicateStream interface {
+	Recv() (*brickpb.ReplicateRequest, error)
+	Send(*brickpb.ReplicateAck) error
+}
+
+// Replicate serves the head's stream over gRPC (ServeReplicate).
 func (s *Server) Replicate(stream grpc.BidiStreamingServer[brickpb.ReplicateRequest, brickpb.ReplicateAck]) error {
+	return s.ServeReplicate(stream)
+}
+
+// ServeReplicate applies the head's stream: the first message opens it
+// (volume and epoch; ops may follow in the same message), every message is
+// acked with the position and the results of its ops. Every op must carry
+// the stream's epoch. A fatal error is acked (error, errno, and the
+// results of the ops applied before it) and then ends the stream with its
+// status, which ServeReplicate returns.
+func (s *Server) ServeReplicate(stream ReplicateStream) error {
 	req, err := stream.Recv()
 	if err != nil {
 		return err
@@ -185,8 +198,7 @@ func (s *Server) Replicate(stream grpc.BidiStreamingServer[brickpb.ReplicateRequ
 }
 
 // fail acks a fatal error and returns the status that ends the stream.
-func (s *Server) fail(stream grpc.BidiStreamingServer[brickpb.ReplicateRequest, brickpb.ReplicateAck],
-	r *Replica, results []*brickpb.OpResult, err error) error {
+func (s *Server) fail(stream ReplicateStream, r *Replica, results []*brickpb.OpResult, err error) error {
 	applied, synced, _, _ := r.State()
 	st := toStatus(err)
 	_ = stream.Send(&brickpb.ReplicateAck{

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/brickvol/brick/proto/brickpb"
+	"github.com/brickvol/brick/replica/framed"
 )
 
 // serve starts a Server over an in-memory listener for the replica of
@@ -183,4 +184,77 @@ func TestServer(t *testing.T) {
 	defer cancel()
 	_, err = c.Read(short, &brickpb.ReadRequest{Ref: ref(3), AfterSeq: 1000})
 	wantCode(t, "read of a seq that never comes", err, codes.DeadlineExceeded)
+}
+
+// TestServeReplicateFramed: the replication stream on its own connection
+// (package framed) means what it means over gRPC: acks with the results,
+// and the stream's end carrying the status a gRPC stream would.
+func TestServeReplicateFramed(t *testing.T) {
+	r := newTest(t)
+	srv := NewServer(func(id string) (*Replica, error) {
+		if id != "v1" {
+			return nil, fmt.Errorf("%w: %s", ErrNoReplica, id)
+		}
+		return r, nil
+	}, testLogger(t))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := framed.NewServer(func(st *framed.ServerStream) error { return srv.ServeReplicate(st) })
+	go fs.Serve(ln)
+	t.Cleanup(func() { ln.Close(); fs.Close() })
+	open := func(ref *brickpb.VolumeRef) *framed.Client {
+		t.Helper()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := framed.Open(c, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	if _, err := r.Fence(2); err != nil {
+		t.Fatal(err)
+	}
+
+	cl := open(ref(2))
+	if ack, err := cl.Recv(); err != nil || ack.AppliedSeq != 0 {
+		t.Fatalf("ack of the open: %v %v", ack, err)
+	}
+	if err := cl.Send(&brickpb.ReplicateRequest{Ops: []*brickpb.Op{
+		{Seq: 1, Epoch: 2, Type: brickpb.OpType_OP_CREATE, Parent: 1, Name: "f", Fid: 2, Mode: 0o644},
+		{Seq: 2, Epoch: 2, Type: brickpb.OpType_OP_CREATE, Parent: 1, Name: "f", Fid: 3},
+		{Seq: 3, Epoch: 2, Type: brickpb.OpType_OP_SYNC},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	ack, err := cl.Recv()
+	if err != nil || ack.AppliedSeq != 3 || ack.SyncedSeq != 3 || len(ack.Results) != 3 || ack.Results[1].Errno != 17 {
+		t.Fatalf("ack (a create, EEXIST, a sync): %v %v", ack, err)
+	}
+	// A gap: ack with the error, then OutOfRange.
+	cl.Send(&brickpb.ReplicateRequest{Ops: []*brickpb.Op{{Seq: 9, Epoch: 2, Type: brickpb.OpType_OP_SYNC}}})
+	if ack, err := cl.Recv(); err != nil || ack.Error == "" || ack.AppliedSeq != 3 {
+		t.Fatalf("ack of a gap: %v %v", ack, err)
+	}
+	_, err = cl.Recv()
+	wantCode(t, "framed stream after a gap", err, codes.OutOfRange)
+
+	// A stale epoch, and a stream without an open.
+	if _, err := r.Fence(3); err != nil {
+		t.Fatal(err)
+	}
+	cl = open(ref(2))
+	if ack, err := cl.Recv(); err != nil || !strings.HasPrefix(ack.Error, "fenced: ") {
+		t.Errorf("ack of a stale open: %v %v", ack, err)
+	}
+	_, err = cl.Recv()
+	wantCode(t, "framed stream opened at a fenced epoch", err, codes.FailedPrecondition)
+	cl = open(nil)
+	_, err = cl.Recv()
+	wantCode(t, "framed stream without open", err, codes.InvalidArgument)
 }

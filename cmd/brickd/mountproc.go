@@ -48,6 +48,15 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 			return 2
 		}
 	}
+	grpcStreams := false
+	switch v := getenv("BRICK_MOUNT_REPLICATION_STREAM"); v {
+	case "", "framed":
+	case "grpc":
+		grpcStreams = true
+	default:
+		fmt.Fprintf(stderr, "brickd mount-process: BRICK_MOUNT_REPLICATION_STREAM %q: want framed or grpc\n", v)
+		return 2
+	}
 	var healBW int64 = -1 // the head's default
 	if v := getenv("BRICK_HEAL_BANDWIDTH"); v != "" {
 		if healBW, err = strconv.ParseInt(v, 10, 64); err != nil || healBW < 0 {
@@ -71,6 +80,7 @@ func runMountProcess(stderr io.Writer, getenv func(string) string) int {
 		FailoverTimeout: failover,
 		NameCache:       nameCache,
 		Linger:          linger,
+		GRPCStreams:     grpcStreams,
 		Daemon:          getenv("BRICK_MOUNT_DAEMON"),
 		BrickID:         getenv("BRICK_MOUNT_BRICK_ID"),
 		Key:             getenv("BRICK_CLUSTER_KEY"),
