@@ -420,34 +420,64 @@ func TestSQLiteOnMount(t *testing.T) {
 	if _, err := exec.LookPath("sqlite3"); err != nil {
 		t.Skip("SKIPPING: sqlite3 is not installed (scripts/deps.sh installs it)")
 	}
-	cl := harness.New(t, netSQLite)
-	ds := startThree(t, cl)
-	createVolume(t, ds[0], "db", "--replicas", "3", "--size", "1G")
-	dir := mount(t, ds[0], "db")
-	db := filepath.Join(dir, "test.db")
-	run := func(sql string) string {
-		out, err := exec.Command("sqlite3", db, sql).CombinedOutput()
-		if err != nil {
-			t.Fatalf("sqlite3: %v: %s", err, out)
+	// Both ways of carrying the replication stream (--replication-stream).
+	for _, stream := range []string{"framed", "grpc"} {
+		t.Run("stream="+stream, func(t *testing.T) {
+			cl := harness.New(t, netSQLite)
+			cl.Env = append(cl.Env, "BRICK_REPLICATION_STREAM="+stream)
+			ds := startThree(t, cl)
+			createVolume(t, ds[0], "db", "--replicas", "3", "--size", "1G")
+			dir := mount(t, ds[0], "db")
+			db := filepath.Join(dir, "test.db")
+			run := func(sql string) string {
+				out, err := exec.Command("sqlite3", db, sql).CombinedOutput()
+				if err != nil {
+					t.Fatalf("sqlite3: %v: %s", err, out)
+				}
+				return strings.TrimSpace(string(out))
+			}
+			run("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+			var script strings.Builder
+			for i := 0; i < 1000; i++ {
+				fmt.Fprintf(&script, "BEGIN; INSERT INTO t(v) VALUES('row %d'); COMMIT;\n", i)
+			}
+			run(script.String())
+			ds[2].Kill()
+			t.Logf("killed brick %s after 1000 transactions", ds[2].Name)
+			run(script.String())
+			if got := run("SELECT count(*) FROM t;"); got != "2000" {
+				t.Errorf("count = %s, want 2000", got)
+			}
+			if got := run("PRAGMA integrity_check;"); got != "ok" {
+				t.Errorf("integrity_check: %s", got)
+			}
+			checkSysmon(t, ds[0])
+			checkStreams(t, ds[0], "db", stream)
+		})
+	}
+}
+
+// checkStreams: every replication stream the mount of vol on d opened went
+// the way it was told to.
+func checkStreams(t *testing.T, d *harness.Daemon, vol, want string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(d.DataDir, "mounts", vol+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, "replication stream open") {
+			continue
 		}
-		return strings.TrimSpace(string(out))
+		opened++
+		if !strings.Contains(line, "stream="+want) {
+			t.Errorf("mount of %s opened a stream not %s: %s", vol, want, line)
+		}
 	}
-	run("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
-	var script strings.Builder
-	for i := 0; i < 1000; i++ {
-		fmt.Fprintf(&script, "BEGIN; INSERT INTO t(v) VALUES('row %d'); COMMIT;\n", i)
+	if opened < 3 {
+		t.Errorf("mount log of %s shows %d replication streams opened, want one per brick at least", vol, opened)
 	}
-	run(script.String())
-	ds[2].Kill()
-	t.Logf("killed brick %s after 1000 transactions", ds[2].Name)
-	run(script.String())
-	if got := run("SELECT count(*) FROM t;"); got != "2000" {
-		t.Errorf("count = %s, want 2000", got)
-	}
-	if got := run("PRAGMA integrity_check;"); got != "ok" {
-		t.Errorf("integrity_check: %s", got)
-	}
-	checkSysmon(t, ds[0])
 }
 
 // checkSysmon: a brickd runs re-executed with its monitor thread kept

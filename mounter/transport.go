@@ -67,6 +67,7 @@ func (t *transport) openStream(ctx context.Context, rc brickpb.ReplicaClient, ad
 			if err != nil {
 				return nil, err
 			}
+			t.log.Debug("replication stream open", "addr", addr, "epoch", ref.Epoch, "stream", "framed")
 			return &stream{st: fc, close: fc.Close}, nil
 		}
 		if !errors.Is(err, auth.ErrNoProtocol) {
@@ -83,6 +84,7 @@ func (t *transport) openStream(ctx context.Context, rc brickpb.ReplicaClient, ad
 		cancel()
 		return nil, err
 	}
+	t.log.Debug("replication stream open", "addr", addr, "epoch", ref.Epoch, "stream", "grpc")
 	return &stream{st: st, close: func() error { cancel(); return nil }}, nil
 }
 
