@@ -100,6 +100,20 @@ func TestRouteByALPN(t *testing.T) {
 	}
 	l := k.Listen(inner, "test", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	defer l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// Before Route, a connection for the protocol is closed, not queued.
+	early, err := k.DialProtocol(ctx, l.Addr().String(), ProtoReplicate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	early.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := early.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a connection for an unrouted protocol was kept")
+	}
+	early.Close()
+
 	routed, err := l.Route(ProtoReplicate)
 	if err != nil {
 		t.Fatal(err)
@@ -107,8 +121,6 @@ func TestRouteByALPN(t *testing.T) {
 	if _, err := l.Route("h2"); err == nil {
 		t.Error("Route(h2) gave a listener")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	accept := func(ln net.Listener) <-chan net.Conn {
 		ch := make(chan net.Conn, 1)
 		go func() {

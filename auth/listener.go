@@ -26,13 +26,13 @@ type Listener struct {
 	log     *slog.Logger
 	service string
 
-	conns  chan net.Conn
-	routed map[string]chan net.Conn // ALPN protocol → its listener's connections
-	done   chan struct{}
-	once   sync.Once
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
 
 	mu       sync.Mutex
 	lastWarn map[string]time.Time
+	routed   map[string]chan net.Conn // ALPN protocol → its Route's connections
 }
 
 // Listen wraps ln. service names what is served ("grpc", "raft") in logs.
@@ -40,8 +40,7 @@ func (k *Key) Listen(ln net.Listener, service string, log *slog.Logger) *Listene
 	l := &Listener{
 		inner: ln, key: k, log: log, service: service,
 		conns: make(chan net.Conn), done: make(chan struct{}),
-		routed:   map[string]chan net.Conn{ProtoReplicate: make(chan net.Conn)},
-		lastWarn: map[string]time.Time{},
+		lastWarn: map[string]time.Time{}, routed: map[string]chan net.Conn{},
 	}
 	go l.acceptLoop()
 	return l
@@ -68,8 +67,14 @@ func (l *Listener) handshake(c net.Conn) {
 	}
 	tc.SetDeadline(time.Time{})
 	to := l.conns
-	if ch, ok := l.routed[tc.ConnectionState().NegotiatedProtocol]; ok {
-		to = ch
+	if p := tc.ConnectionState().NegotiatedProtocol; p == ProtoReplicate {
+		l.mu.Lock()
+		to = l.routed[p]
+		l.mu.Unlock()
+		if to == nil { // nobody serves it on this listener (Raft's)
+			tc.Close()
+			return
+		}
 	}
 	select {
 	case to <- tc:
@@ -123,13 +128,20 @@ func (l *Listener) Close() error {
 // Addr is the listening address.
 func (l *Listener) Addr() net.Addr { return l.inner.Addr() }
 
-// Route is the listener of the connections that negotiated protocol (one
-// of ProtoReplicate) through ALPN; Accept never returns them. Closing it
-// closes l. A connection nobody accepts waits until l is closed.
+// Route is the listener of the connections that negotiated protocol
+// (ProtoReplicate, the only one) through ALPN; Accept never returns them.
+// Until Route is called such connections are closed after the handshake.
+// Closing the route closes l.
 func (l *Listener) Route(protocol string) (net.Listener, error) {
-	ch, ok := l.routed[protocol]
-	if !ok {
+	if protocol != ProtoReplicate {
 		return nil, fmt.Errorf("listener for %s: no route for protocol %q", l.service, protocol)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ch := l.routed[protocol]
+	if ch == nil {
+		ch = make(chan net.Conn)
+		l.routed[protocol] = ch
 	}
 	return &route{l: l, conns: ch}, nil
 }

@@ -42,6 +42,8 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.WritebackWindow = -1 }, "--writeback-window"},
 		{func(c *Config) { c.SpareFiles = -1 }, "--spare-files"},
 		{func(c *Config) { c.SpareFiles = 1<<20 + 1 }, "--spare-files"},
+		{func(c *Config) { c.ReplicationStream = "http" }, "--replication-stream"},
+		{func(c *Config) { c.ReplicationStream = "" }, "--replication-stream"},
 	} {
 		c := good
 		tc.mut(&c)

@@ -21,6 +21,8 @@ func TestBadInputRefused(t *testing.T) {
 		{[]string{"--name", "n"}, map[string]string{"BRICK_NO_DISK": "maybe"}, "BRICK_NO_DISK"},
 		{[]string{"--name", "n", "--log-level", "loud"}, nil, "--log-level"},
 		{[]string{"--name", "n", "--peers", "h:x"}, nil, "--peers"},
+		{[]string{"--name", "n", "--replication-stream", "udp"}, nil, "--replication-stream"},
+		{[]string{"--name", "n"}, map[string]string{"BRICK_REPLICATION_STREAM": "quic"}, "--replication-stream"},
 		{[]string{"--name", "n", "extra"}, nil, "unexpected argument"},
 		{[]string{"--no-such-flag"}, nil, "no-such-flag"},
 	} {
