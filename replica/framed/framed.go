@@ -6,8 +6,8 @@
 // reader goroutine reads the frame and wakes the handler, and the handler's
 // reply waits for a writer goroutine to write it. On a small host, where
 // the head and three bricks share two cores, each of those hand-offs is a
-// wake-up and often a context switch, and an fsync barrier crosses eight
-// of them. Here a brick's handler reads its next message from the
+// wake-up and often a context switch, and an fsync barrier crosses four
+// of them per brick (two on each end). Here a brick's handler reads its next message from the
 // connection itself and writes its ack itself, and the head's sender and
 // receiver do the same on their end.
 //
@@ -105,8 +105,9 @@ func (f *frameConn) write(kind byte, m proto.Message) error {
 }
 
 // read reads the next frame into m. An end frame returns its status as
-// the error: io.EOF for OK, else a gRPC status error; without ends it is
-// malformed. A connection that ends between frames also returns io.EOF.
+// the error (io.EOF for OK, else a gRPC status error) when ends is set,
+// and is malformed when not. A connection that ends between frames also
+// returns io.EOF.
 func (f *frameConn) read(m proto.Message, ends bool) error {
 	kind, payload, err := readFrame(f.r, f.rbuf)
 	if err != nil {
