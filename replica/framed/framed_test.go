@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -147,10 +148,12 @@ func TestCleanEnds(t *testing.T) {
 
 func TestCloseEndsEveryStream(t *testing.T) {
 	entered := make(chan struct{})
+	ended := make(chan error, 1)
 	addr, srv := listen(t, func(s *ServerStream) error {
 		close(entered)
 		for {
 			if _, err := s.Recv(); err != nil {
+				ended <- err
 				return err
 			}
 		}
@@ -162,14 +165,19 @@ func TestCloseEndsEveryStream(t *testing.T) {
 	defer cl.Close()
 	<-entered
 	srv.Close() // returns only once the handler has
-	if _, err := cl.Recv(); status.Code(err) != codes.Unavailable && err != io.EOF && status.Code(err) != codes.Canceled {
+	if err := <-ended; status.Code(err) != codes.Canceled {
+		t.Fatalf("handler of a closed server's stream ended with %v, want Canceled", err)
+	}
+	// The client hears of it, not from its own deadline.
+	if _, err := cl.Recv(); err == nil || strings.Contains(err.Error(), "timeout") ||
+		status.Code(err) != codes.Unavailable && err != io.EOF {
 		t.Fatalf("client of a closed server: %v", err)
 	}
 	// A connection accepted after Close is closed at once.
 	c := dial(t, addr)
 	defer c.Close()
-	if _, err := c.Read(make([]byte, 1)); err == nil {
-		t.Fatal("a connection after Close was served")
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a connection after Close was served (read: %v)", err)
 	}
 }
 
