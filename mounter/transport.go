@@ -58,6 +58,29 @@ func (t *transport) Open(ctx context.Context, brick string, epoch uint64) (head.
 		NeedsFullHeal: f.NeedsFullHeal, UsedBytes: f.UsedBytes}, nil
 }
 
+// Adopt fences the brick at epoch and makes it take its suspect replica's
+// tree as the volume's contents (FenceRequest.adopt).
+func (t *transport) Adopt(ctx context.Context, brick string, epoch uint64, why string) (head.Position, error) {
+	addr, ok := t.addrs[brick]
+	if !ok {
+		return head.Position{}, fmt.Errorf("brick %s has no known address", brick)
+	}
+	cc, err := t.c.get(addr)
+	if err != nil {
+		return head.Position{}, err
+	}
+	ref := &brickpb.VolumeRef{Header: t.c.header(), VolumeId: t.volID, Epoch: epoch}
+	f, err := brickpb.NewReplicaClient(cc).Fence(ctx, &brickpb.FenceRequest{Ref: ref, Adopt: why})
+	if err != nil {
+		return head.Position{}, classify(fmt.Errorf("adopting the replica on %s at epoch %d: %w", brick, epoch, err))
+	}
+	if f.PromisedEpoch > epoch {
+		return head.Position{}, fmt.Errorf("brick %s promised epoch %d, this head has %d: %w", brick, f.PromisedEpoch, epoch, head.ErrStaleEpoch)
+	}
+	return head.Position{Applied: f.AppliedSeq, Synced: f.SyncedSeq, AppliedEpoch: f.AppliedEpoch, MaxFID: f.MaxFid,
+		NeedsFullHeal: f.NeedsFullHeal, UsedBytes: f.UsedBytes}, nil
+}
+
 // openStream opens a stream at ref and sends its open message.
 func (t *transport) openStream(ctx context.Context, rc brickpb.ReplicaClient, addr string, ref *brickpb.VolumeRef) (*stream, error) {
 	if !t.grpcStreams {

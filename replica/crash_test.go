@@ -1,14 +1,17 @@
 package replica
 
 import (
+	"context"
 	"errors"
 
 	bolt "go.etcd.io/bbolt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/brickvol/brick/proto/brickpb"
@@ -431,5 +434,76 @@ func TestSyncCountsAfterACrash(t *testing.T) {
 	}
 	if s := r.Suspect(); s != "" {
 		t.Errorf("suspect after a crash on the same boot: %s", s)
+	}
+}
+
+// TestAdoptSuspectReplica: a new head that finds every in-sync replica
+// suspect adopts one through Fence: the suspicion goes, durably (a crash
+// right after does not bring it back), everything applied counts as
+// synced, and bad requests (a stale epoch, one above the promise, no
+// reason, a reason too long) change nothing.
+func TestAdoptSuspectReplica(t *testing.T) {
+	dir := t.TempDir()
+	r := openTest(t, dir, ReplicaOptions{})
+	must(t, r, createOp(1, "f", 2, 0o644))
+	must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_SYNC})
+	must(t, r, writeOp(2, 0, "unsynced"))
+	r.crash()
+	old := bootID
+	bootID = func() string { return "another-boot" }
+	defer func() { bootID = old }()
+	r = openTest(t, dir, ReplicaOptions{})
+	if r.Suspect() == "" {
+		t.Fatal("not suspect after an unclean reboot")
+	}
+	applied, _, _, _ := r.State()
+	c := serve(t, r)
+	ctx := context.Background()
+	if _, err := c.Fence(ctx, &brickpb.FenceRequest{Ref: ref(3)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []struct {
+		name  string
+		epoch uint64
+		why   string
+		code  codes.Code
+	}{
+		{"stale epoch", 2, "test", codes.FailedPrecondition},
+		{"reason too long", 3, strings.Repeat("x", MaxAdoptReason+1), codes.InvalidArgument},
+	} {
+		_, err := c.Fence(ctx, &brickpb.FenceRequest{Ref: ref(bad.epoch), Adopt: bad.why})
+		wantCode(t, bad.name, err, bad.code)
+		if r.Suspect() == "" {
+			t.Fatalf("%s: the suspicion went", bad.name)
+		}
+	}
+	if _, err := r.Adopt(4, "test"); !errors.Is(err, ErrInvalid) || r.Suspect() == "" {
+		t.Fatalf("adopt above the promise: %v, suspect %q", err, r.Suspect())
+	}
+	if _, err := r.Adopt(3, ""); !errors.Is(err, ErrInvalid) || r.Suspect() == "" {
+		t.Fatalf("adopt without a reason: %v, suspect %q", err, r.Suspect())
+	}
+
+	fr, err := c.Fence(ctx, &brickpb.FenceRequest{Ref: ref(3), Adopt: "every in-sync brick is suspect"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fr.NeedsFullHeal != "" || fr.AppliedSeq != applied || fr.SyncedSeq != applied || fr.PromisedEpoch != 3 {
+		t.Fatalf("after adopting: %+v, want applied = synced = %d at epoch 3, not suspect", fr, applied)
+	}
+	if b, _ := readAll(t, r, 2); b != "unsynced" {
+		t.Errorf("adopted tree holds %q, want what it had", b)
+	}
+	if _, err := c.Fence(ctx, &brickpb.FenceRequest{Ref: ref(3), Adopt: "again"}); err != nil {
+		t.Errorf("adopting a trusted replica: %v", err)
+	}
+	r.crash() // on this boot: only what Adopt committed counts
+	r = openTest(t, dir, ReplicaOptions{})
+	defer r.Close()
+	if s := r.Suspect(); s != "" {
+		t.Errorf("suspect again after a crash: %s", s)
+	}
+	if a, s, _, _ := r.State(); a != applied || s != applied {
+		t.Errorf("after a crash: applied %d synced %d, want %d", a, s, applied)
 	}
 }

@@ -581,12 +581,65 @@ func (r *Replica) Fence(epoch uint64) (*brickpb.FenceResponse, error) {
 		}
 		r.log.Info("fenced", "epoch", epoch, "previous", old)
 	}
+	return r.fenceResponse(), nil
+}
+
+// fenceResponse reports the replica's position. Caller holds applyMu.
+func (r *Replica) fenceResponse() *brickpb.FenceResponse {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return &brickpb.FenceResponse{
 		PromisedEpoch: r.promised, AppliedEpoch: r.appliedEpoch, AppliedSeq: r.applied,
 		SyncedSeq: r.synced, MaxFid: r.maxFID, LogFirstSeq: r.logFirst, NeedsFullHeal: r.suspect, UsedBytes: r.used,
-	}, nil
+	}
+}
+
+// MaxAdoptReason bounds the reason Adopt records.
+const MaxAdoptReason = 1024
+
+// Adopt takes a suspect replica's tree as the volume's contents at its
+// applied position, for a head at epoch (the replica's promise) that found
+// every in-sync replica suspect: after a power loss of all of them, each
+// still holds every fsync acknowledged before it (design.md promise 1),
+// and no better copy exists. It flushes the tree (so synced reaches
+// applied), clears the suspicion durably and logs why, and reports the
+// position. A replica that is not suspect is left as it is.
+func (r *Replica) Adopt(epoch uint64, why string) (*brickpb.FenceResponse, error) {
+	if why == "" || len(why) > MaxAdoptReason {
+		return nil, fmt.Errorf("%w: adopt reason of %d bytes, want 1 to %d", ErrInvalid, len(why), MaxAdoptReason)
+	}
+	r.applyMu.Lock()
+	defer r.applyMu.Unlock()
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	promised, was := r.promised, r.suspect
+	r.mu.Unlock()
+	switch {
+	case epoch < promised:
+		return nil, &StaleEpochError{Epoch: epoch, Promise: promised}
+	case epoch > promised:
+		return nil, fmt.Errorf("%w: adopt at epoch %d, but the replica is fenced at %d only: fence first", ErrInvalid, epoch, promised)
+	case was == "":
+		return r.fenceResponse(), nil
+	}
+	if _, err := r.syncLocked(true); err != nil {
+		return nil, fmt.Errorf("adopting the replica: %w", err)
+	}
+	r.mu.Lock()
+	r.suspect = ""
+	r.mu.Unlock()
+	if err := r.commit(true, nil); err != nil {
+		r.mu.Lock()
+		r.suspect = was
+		r.mu.Unlock()
+		return nil, fmt.Errorf("adopting the replica: %w", err)
+	}
+	resp := r.fenceResponse()
+	r.log.Warn("adopted a suspect replica as the volume's contents", "why", why, "was_suspect", was,
+		"epoch", epoch, "applied", resp.AppliedSeq)
+	return resp, nil
 }
 
 // Sync makes every applied op durable and returns the synced seq. It is

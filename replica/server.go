@@ -113,15 +113,22 @@ func errnoFor(err error) uint32 {
 	return uint32(syscall.EIO)
 }
 
-// Fence raises the replica's epoch promise and reports its position.
+// Fence raises the replica's epoch promise and reports its position; with
+// adopt set it then adopts a suspect replica (Replica.Adopt).
 func (s *Server) Fence(ctx context.Context, req *brickpb.FenceRequest) (*brickpb.FenceResponse, error) {
 	r, err := s.replicaFor(req.GetRef())
 	if err != nil {
 		return nil, err
 	}
+	if n := len(req.Adopt); n > MaxAdoptReason {
+		return nil, toStatus(fmt.Errorf("%w: adopt reason of %d bytes, want at most %d", ErrInvalid, n, MaxAdoptReason))
+	}
 	resp, err := r.Fence(req.Ref.Epoch)
+	if err == nil && req.Adopt != "" {
+		resp, err = r.Adopt(req.Ref.Epoch, req.Adopt)
+	}
 	if err != nil {
-		s.log.Error("fence failed", "volume", req.Ref.VolumeId, "epoch", req.Ref.Epoch, "err", err)
+		s.log.Error("fence failed", "volume", req.Ref.VolumeId, "epoch", req.Ref.Epoch, "adopt", req.Adopt != "", "err", err)
 	}
 	return resp, toStatus(err)
 }

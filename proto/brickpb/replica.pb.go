@@ -803,8 +803,17 @@ func (x *VolumeRef) GetEpoch() uint64 {
 }
 
 type FenceRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ref           *VolumeRef             `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ref   *VolumeRef             `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// adopt, when set, also makes the brick take its replica's tree as the
+	// volume's contents although the replica is suspect (needs_full_heal):
+	// the brick flushes the tree, clears the suspicion durably and logs
+	// adopt, the reason. A new head sends it when every in-sync replica came
+	// back suspect (a power loss of all of them): each holds every fsync
+	// acknowledged before it, so the most advanced one is the best copy
+	// left. At most 1024 bytes; refused unless ref.epoch is the brick's
+	// promise after fencing.
+	Adopt         string `protobuf:"bytes,2,opt,name=adopt,proto3" json:"adopt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -844,6 +853,13 @@ func (x *FenceRequest) GetRef() *VolumeRef {
 		return x.Ref
 	}
 	return nil
+}
+
+func (x *FenceRequest) GetAdopt() string {
+	if x != nil {
+		return x.Adopt
+	}
+	return ""
 }
 
 type FenceResponse struct {
@@ -2092,9 +2108,10 @@ const file_replica_proto_rawDesc = "" +
 	"\tVolumeRef\x12(\n" +
 	"\x06header\x18\x01 \x01(\v2\x10.brick.v1.HeaderR\x06header\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"5\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"K\n" +
 	"\fFenceRequest\x12%\n" +
-	"\x03ref\x18\x01 \x01(\v2\x13.brick.v1.VolumeRefR\x03ref\"\x9f\x02\n" +
+	"\x03ref\x18\x01 \x01(\v2\x13.brick.v1.VolumeRefR\x03ref\x12\x14\n" +
+	"\x05adopt\x18\x02 \x01(\tR\x05adopt\"\x9f\x02\n" +
 	"\rFenceResponse\x12%\n" +
 	"\x0epromised_epoch\x18\x01 \x01(\x04R\rpromisedEpoch\x12#\n" +
 	"\rapplied_epoch\x18\x02 \x01(\x04R\fappliedEpoch\x12\x1f\n" +

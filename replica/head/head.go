@@ -23,6 +23,11 @@ type Transport interface {
 	// stream's life. An error wrapping ErrStaleEpoch means the brick
 	// promised a newer epoch: the head is fenced.
 	Open(ctx context.Context, brick string, epoch uint64) (Stream, Position, error)
+	// Adopt makes brick, fenced at epoch, take its suspect replica's tree
+	// as the volume's contents (logging why) and reports its position,
+	// which no longer needs a full heal. Takeover calls it when every
+	// in-sync brick it reached is suspect. Errors as for Open.
+	Adopt(ctx context.Context, brick string, epoch uint64, why string) (Position, error)
 	// OpsSince reads source's op log at epoch: it calls fn with every op
 	// after afterSeq up to the source's applied seq, in order, and stops
 	// at fn's first error, which it returns (wrapped or not). The ops are

@@ -66,6 +66,32 @@ func (n *MemNet) Open(_ context.Context, id string, epoch uint64) (Stream, Posit
 	return s, b.position(), nil
 }
 
+// Adopt implements Transport: the brick, fenced at epoch, stops being
+// suspect; everything it applied counts as synced (it flushes its tree).
+func (n *MemNet) Adopt(_ context.Context, id string, epoch uint64, why string) (Position, error) {
+	b := n.Brick(id)
+	if b == nil {
+		return Position{}, fmt.Errorf("brick %s: no such brick", id)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.unreachable:
+		return Position{}, fmt.Errorf("brick %s: unreachable", id)
+	case b.promised > epoch:
+		return Position{}, fmt.Errorf("brick %s promised epoch %d, refuses epoch %d: %w", id, b.promised, epoch, ErrStaleEpoch)
+	case b.promised < epoch:
+		return Position{}, fmt.Errorf("brick %s: adopt at epoch %d before fencing (promise %d)", id, epoch, b.promised)
+	case why == "":
+		return Position{}, fmt.Errorf("brick %s: adopt without a reason", id)
+	}
+	if b.suspect != "" {
+		b.suspect, b.synced = "", b.applied
+		b.adopted++
+	}
+	return b.position(), nil
+}
+
 // OpsSince implements Transport: it reads the brick's op log (the ops it
 // applied, from its log start on) and hands fn copies.
 func (n *MemNet) OpsSince(ctx context.Context, source string, epoch, afterSeq uint64, fn func(*brickpb.Op) error) error {
@@ -145,6 +171,7 @@ type MemBrick struct {
 	unreachable, hold, drop   bool
 	holdFetch                 bool
 	opens, sends, fetches     int
+	adopted                   int
 	faults                    []string
 }
 
@@ -193,6 +220,19 @@ func (b *MemBrick) disconnect() {
 	}
 }
 
+// PowerLoss is an unclean shutdown across a reboot: the brick keeps keep
+// of the ops it had not fsync'd (at most all of them), turns suspect, and
+// its stream breaks.
+func (b *MemBrick) PowerLoss(keep int) {
+	b.with(func() {
+		lost := max(int(b.applied-b.synced)-keep, 0)
+		b.ops = b.ops[:len(b.ops)-lost]
+		b.applied -= uint64(lost)
+		b.suspect = "unclean shutdown across a reboot"
+		b.disconnect()
+	})
+}
+
 // Crash loses what was not fsync'd (applied falls back to synced) and
 // breaks the stream.
 func (b *MemBrick) Crash() {
@@ -209,7 +249,7 @@ func (b *MemBrick) HealFrom(src *MemBrick) {
 	src.mu.Lock()
 	ops, applied := slices.Clone(src.ops), src.applied
 	src.mu.Unlock()
-	b.with(func() { b.ops, b.applied, b.synced = ops, applied, applied })
+	b.with(func() { b.ops, b.applied, b.synced, b.suspect = ops, applied, applied, "" })
 }
 
 // TruncateLog drops the brick's op log before seq first (the ops stay
@@ -258,6 +298,7 @@ func (b *MemBrick) Faults() []string {
 func (b *MemBrick) Opens() int   { b.mu.Lock(); defer b.mu.Unlock(); return b.opens }
 func (b *MemBrick) Sends() int   { b.mu.Lock(); defer b.mu.Unlock(); return b.sends }
 func (b *MemBrick) Fetches() int { b.mu.Lock(); defer b.mu.Unlock(); return b.fetches }
+func (b *MemBrick) Adopted() int { b.mu.Lock(); defer b.mu.Unlock(); return b.adopted }
 
 // WaitApplied waits until the brick applied seq (or ctx ends).
 func (b *MemBrick) WaitApplied(ctx context.Context, seq uint64) error {

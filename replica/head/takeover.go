@@ -1,11 +1,14 @@
 package head
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/brickvol/brick/proto/brickpb"
 )
@@ -21,10 +24,22 @@ type TakeoverResult struct {
 	MaxFID uint64
 	// Level are the bricks fenced and levelled: the new ISR.
 	Level []string
+	// Adopted, when set, is the brick whose suspect tree became the
+	// volume's contents because every in-sync brick that answered was
+	// suspect (Transport.Adopt); it is Source.
+	Adopted string
 	// Failed are the in-sync bricks that could not be fenced or levelled,
 	// with why: the new head must drop them from the ISR (through Raft,
 	// at its epoch) before its first write; they heal later.
 	Failed map[string]error
+}
+
+// opened is one in-sync brick as Takeover found it.
+type opened struct {
+	id  string
+	s   Stream
+	pos Position
+	err error
 }
 
 // TakeoverTimeout bounds each brick's fencing and levelling.
@@ -37,17 +52,14 @@ const TakeoverTimeout = 5 * time.Second
 // epoch (origin epochs kept). Every op an old head had acknowledged as
 // fsync'd is on every ISR brick, so the longest log holds all of them; ops
 // beyond what every brick holds were never acknowledged as durable, and
-// keeping them is as good as dropping them. It fails only when no ISR
-// brick can be fenced, or one says a newer epoch exists.
+// keeping them is as good as dropping them. A suspect brick (one that
+// needs a full resync) is never a source, unless every in-sync brick that
+// answered is suspect: then the most advanced one is adopted (see adopt).
+// It fails only when no ISR brick can be fenced (or adopted), or one says
+// a newer epoch exists.
 func Takeover(ctx context.Context, tr Transport, epoch uint64, isr []string, log *slog.Logger) (*TakeoverResult, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
-	}
-	type opened struct {
-		id  string
-		s   Stream
-		pos Position
-		err error
 	}
 	res := make([]opened, len(isr))
 	done := make(chan int, len(isr))
@@ -72,11 +84,26 @@ func Takeover(ctx context.Context, tr Transport, epoch uint64, isr []string, log
 	}()
 	out := &TakeoverResult{Failed: map[string]error{}}
 	src := -1
+	var suspects []int
+	trusted := false
 	for i := range res {
-		if o := &res[i]; o.err == nil && o.pos.NeedsFullHeal != "" {
+		o := &res[i]
+		switch {
+		case o.err == nil && o.pos.NeedsFullHeal != "":
 			// Not trustworthy beyond its synced seq: never a source, and
 			// out of the ISR until a full resync.
 			o.err = fmt.Errorf("needs a full resync: %s", o.pos.NeedsFullHeal)
+			suspects = append(suspects, i)
+		case o.err == nil:
+			trusted = true
+		}
+	}
+	if !trusted && len(suspects) > 0 {
+		if i, err := adopt(ctx, tr, epoch, isr, res, suspects, log); err != nil {
+			return nil, err
+		} else if i >= 0 {
+			res[i].err = nil
+			out.Adopted = res[i].id
 		}
 	}
 	for i, o := range res {
@@ -117,6 +144,65 @@ func Takeover(ctx context.Context, tr Transport, epoch uint64, isr []string, log
 		out.Level = append(out.Level, o.id)
 	}
 	return out, nil
+}
+
+// adopt is Takeover's way out when every in-sync brick that answered is
+// suspect (a power loss of all of them): it asks the most advanced one
+// (highest synced seq, then applied) to take its tree as the volume's
+// contents, the next one if that fails. Each holds every op an fsync was
+// acknowledged for, as every in-sync brick does (design.md promise 1); what
+// was never fsync'd may be missing or partly there, as on a local disk
+// after a power loss. The others stay out of the ISR until a full resync
+// from it. It returns the adopted brick's index in res (its pos updated),
+// -1 when none could be.
+func adopt(ctx context.Context, tr Transport, epoch uint64, isr []string, res []opened, suspects []int, log *slog.Logger) (int, error) {
+	slices.SortStableFunc(suspects, func(a, b int) int {
+		pa, pb := res[a].pos, res[b].pos
+		return cmp.Or(cmp.Compare(pb.Synced, pa.Synced), cmp.Compare(pb.Applied, pa.Applied))
+	})
+	for _, i := range suspects {
+		o := &res[i]
+		why := fmt.Sprintf("every in-sync brick of %v that answered the takeover at epoch %d needs a full resync; "+
+			"brick %s is the most advanced of them (synced seq %d, applied seq %d) and becomes the source: "+
+			"what was fsync'd is on it, later writes may be missing or partial (it said: %s)",
+			isr, epoch, o.id, o.pos.Synced, o.pos.Applied, o.pos.NeedsFullHeal)
+		actx, cancel := context.WithTimeout(ctx, TakeoverTimeout)
+		pos, err := tr.Adopt(actx, o.id, epoch, truncate(why, maxAdoptReason))
+		cancel()
+		if errors.Is(err, ErrStaleEpoch) {
+			return -1, fmt.Errorf("adopting brick %s at epoch %d: %w", o.id, epoch, err)
+		}
+		if err != nil {
+			log.Warn("could not adopt a suspect brick", "brick", o.id, "err", err)
+			o.err = fmt.Errorf("%w; adopting it failed: %w", o.err, err)
+			continue
+		}
+		if pos.NeedsFullHeal != "" {
+			o.err = fmt.Errorf("%w; still suspect after adopting: %s", o.err, pos.NeedsFullHeal)
+			continue
+		}
+		log.Warn("every in-sync brick came back suspect (an unclean shutdown of all of them): adopted the most advanced one's tree",
+			"brick", o.id, "synced", pos.Synced, "applied", pos.Applied, "was", o.pos.NeedsFullHeal)
+		o.pos = pos
+		return i, nil
+	}
+	return -1, nil
+}
+
+// maxAdoptReason is what a brick takes as an adopt reason
+// (replica.MaxAdoptReason).
+const maxAdoptReason = 1024
+
+// truncate cuts s to at most n bytes, at a rune boundary (protobuf strings
+// must be UTF-8).
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // level replays source's ops after from up to to into s (a stream at

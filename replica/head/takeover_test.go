@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,7 +26,8 @@ var (
 // bricks goes through a seeded random series of heads, each taking over at
 // a new epoch with Takeover, writing and fsyncing, then dying at a random
 // point (mid-broadcast included), while bricks crash (losing what they had
-// not fsync'd), drop out of the ISR, heal back, and are cut off during a
+// not fsync'd, or all of them some of it and their trust: a power loss),
+// drop out of the ISR, heal back, and are cut off during a
 // takeover (and fence themselves at the catalog's epoch when they return,
 // as brickd does). Deposed heads keep trying to write. After every
 // takeover it checks:
@@ -159,9 +161,16 @@ func runTakeovers(seed int64) error {
 			}
 		}
 		deposed = append(deposed, &deposedHead{epoch: epoch, streams: streams, next: seq + 1})
-		// Bricks crash, losing what they had not fsync'd.
+		// Bricks crash, losing what they had not fsync'd; now and then
+		// the power goes everywhere: every brick comes back suspect with
+		// some of what it had not fsync'd, and the next takeover must
+		// adopt one.
+		powerLoss := rng.Intn(6) == 0
 		for _, id := range ids {
-			if rng.Intn(4) == 0 {
+			switch {
+			case powerLoss:
+				net.Brick(id).PowerLoss(rng.Intn(3))
+			case rng.Intn(4) == 0:
 				net.Brick(id).Crash()
 			}
 		}
@@ -250,4 +259,117 @@ func checkNoStale(net *MemNet, isr []string, start, epoch uint64) error {
 		}
 	}
 	return nil
+}
+
+// feed opens a stream to each brick at epoch and sends ops from..to (a
+// sync at every multiple of syncEvery) to all of them.
+func feed(t *testing.T, net *MemNet, ids []string, epoch, from, to, syncEvery uint64) {
+	t.Helper()
+	for _, id := range ids {
+		s, _, err := net.Open(context.Background(), id, epoch)
+		if err != nil {
+			t.Fatalf("opening %s: %v", id, err)
+		}
+		for seq := from; seq <= to; seq++ {
+			op := writeOpAt(seq, epoch)
+			if syncEvery > 0 && seq%syncEvery == 0 {
+				op.Type, op.Data = brickpb.OpType_OP_SYNC, nil
+			}
+			if err := s.Send([]*brickpb.Op{op}); err != nil {
+				t.Fatalf("sending op %d to %s: %v", seq, id, err)
+			}
+		}
+	}
+}
+
+// TestTakeoverAdoptsWhenEveryBrickIsSuspect: after a power loss of every
+// in-sync brick, each comes back suspect. The takeover adopts the most
+// advanced one (synced, then applied) instead of refusing the volume for
+// ever, keeps the others out until a full resync, and leaves a brick
+// that is not suspect as the only kind of source when one answers.
+func TestTakeoverAdoptsWhenEveryBrickIsSuspect(t *testing.T) {
+	ctx := context.Background()
+	ids := []string{"a", "b", "c"}
+	setup := func() *MemNet {
+		net := NewMemNet(ids...)
+		feed(t, net, ids, 1, 1, 13, 5) // synced up to 10 everywhere
+		net.Brick("a").PowerLoss(0)
+		net.Brick("b").PowerLoss(3)
+		net.Brick("c").PowerLoss(2)
+		return net
+	}
+
+	t.Run("most advanced adopted", func(t *testing.T) {
+		net := setup()
+		to, err := Takeover(ctx, net, 2, ids, nil)
+		if err != nil {
+			t.Fatalf("takeover with every brick suspect: %v", err)
+		}
+		if to.Adopted != "b" || to.Source != "b" || to.StartSeq != 13 || !slices.Equal(to.Level, []string{"b"}) {
+			t.Fatalf("adopted %q source %q start %d level %v; want b, b, 13, [b]", to.Adopted, to.Source, to.StartSeq, to.Level)
+		}
+		for _, id := range []string{"a", "c"} {
+			if err := to.Failed[id]; err == nil || !strings.Contains(err.Error(), "full resync") {
+				t.Errorf("%s: failed with %v, want a full resync", id, err)
+			}
+			if net.Brick(id).Adopted() != 0 {
+				t.Errorf("%s adopted too", id)
+			}
+		}
+		p := net.Brick("b").Position()
+		if p.NeedsFullHeal != "" || p.Synced != 13 || net.Brick("b").Adopted() != 1 {
+			t.Errorf("b after adopting: %+v, adopted %d times", p, net.Brick("b").Adopted())
+		}
+		acked := map[uint64][]byte{}
+		for _, o := range net.Brick("b").Ops() {
+			if o.Seq <= 10 {
+				acked[o.Seq] = opKey(o)
+			}
+		}
+		if len(acked) != 10 {
+			t.Fatalf("b holds %d of the 10 synced ops", len(acked))
+		}
+		if err := checkTakeover(net, to, acked, 2); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("next one when the best is unreachable", func(t *testing.T) {
+		net := setup()
+		net.Brick("b").SetReachable(false)
+		to, err := Takeover(ctx, net, 2, ids, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if to.Adopted != "c" || to.StartSeq != 12 {
+			t.Errorf("adopted %q at %d, want c at 12", to.Adopted, to.StartSeq)
+		}
+	})
+
+	t.Run("a trusted brick is the source", func(t *testing.T) {
+		net := setup()
+		net.Brick("a").SetSuspect("")
+		to, err := Takeover(ctx, net, 2, ids, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if to.Adopted != "" || to.Source != "a" || !slices.Equal(to.Level, []string{"a"}) {
+			t.Errorf("adopted %q source %q level %v; want none, a, [a]", to.Adopted, to.Source, to.Level)
+		}
+		for _, id := range ids {
+			if net.Brick(id).Adopted() != 0 {
+				t.Errorf("%s adopted with a trusted brick answering", id)
+			}
+		}
+	})
+
+	t.Run("none reachable", func(t *testing.T) {
+		net := setup()
+		for _, id := range ids {
+			net.Brick(id).SetReachable(false)
+		}
+		if _, err := Takeover(ctx, net, 2, ids, nil); err == nil {
+			t.Fatal("takeover with no brick reachable succeeded")
+		}
+	})
 }
