@@ -816,7 +816,9 @@ func TestQuotaENOSPC(t *testing.T) {
 // unmountable for ever; instead the new head adopts the most advanced
 // one, which holds every acknowledged fsync, and fully resyncs the others
 // from it: the volume mounts, every ledger entry is there, and the three
-// replicas end byte-identical.
+// replicas end byte-identical. One brick's meta.db is torn too: it is
+// moved aside, and that replica (no position left) is resynced like the
+// other.
 func TestPowerLossOfEveryHost(t *testing.T) {
 	needFUSE(t)
 	cl := harness.New(t, netPowerLoss)
@@ -867,12 +869,17 @@ func TestPowerLossOfEveryHost(t *testing.T) {
 	if err := os.Remove(filepath.Join(replicaDir(ds[1], vol.ID), "unsynced")); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range ds {
+	// Every replica comes back after an unclean shutdown under another
+	// boot; n3's meta.db was torn as well (its meta pages are junk).
+	for _, d := range ds[:2] {
 		rebootedMeta(t, filepath.Join(filepath.Dir(replicaDir(d, vol.ID)), "meta.db"))
+	}
+	tearMeta(t, filepath.Join(filepath.Dir(replicaDir(ds[2], vol.ID)), "meta.db"))
+	for _, d := range ds {
 		d.Start()
 	}
 	back := time.Now()
-	t.Log("every host lost power; the daemons are back, each replica shut down uncleanly under another boot")
+	t.Log("every host lost power; the daemons are back, each replica shut down uncleanly under another boot, n3's meta.db torn")
 
 	var dir2 string
 	harness.Eventually(t, 90*time.Second, "the volume mounts again", func() (bool, string) {
@@ -887,8 +894,11 @@ func TestPowerLossOfEveryHost(t *testing.T) {
 			adopted = append(adopted, d.Name)
 		}
 	}
-	if len(adopted) != 1 {
-		t.Errorf("bricks that adopted their suspect replica: %v, want exactly one", adopted)
+	if len(adopted) != 1 || adopted[0] == ds[2].Name {
+		t.Errorf("bricks that adopted their suspect replica: %v, want exactly one, not %s (no position left)", adopted, ds[2].Name)
+	}
+	if !ds[2].LogContains("replica bookkeeping damaged: moved it aside") {
+		t.Errorf("%s did not say it moved its torn meta.db aside", ds[2].Name)
 	}
 	t.Logf("mounted again %v after the daemons were started, with %s's replica adopted; %d acknowledged files intact",
 		time.Since(back).Round(time.Millisecond), adopted, len(l.files))
@@ -903,6 +913,24 @@ func TestPowerLossOfEveryHost(t *testing.T) {
 	checkLedger(t, l, dirs...)
 	sameTrees(t, dirs...)
 	ds[0].CLI("--timeout", "60s", "volume", "unmount", dir2)
+}
+
+// tearMeta overwrites a meta.db's two meta pages with junk, as a power
+// loss in the middle of writing them might leave them.
+func tearMeta(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	junk := make([]byte, 2*os.Getpagesize())
+	for i := range junk {
+		junk[i] = byte(i * 7)
+	}
+	if _, err := f.WriteAt(junk, 0); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // rebootedMeta makes a replica's meta.db say it was last opened under

@@ -507,3 +507,91 @@ func TestAdoptSuspectReplica(t *testing.T) {
 		t.Errorf("after a crash: applied %d synced %d, want %d", a, s, applied)
 	}
 }
+
+// TestDamagedMetaDBMovedAside: bookkeeping a power loss tore (meta.db's
+// meta pages, or a counter in it) is moved aside rather than refused for
+// ever: the replica opens from its tree, suspect and without a position,
+// its files intact, the damaged meta.db and op log kept beside it. A
+// meta.db of another format is another brickd version's, not damage: it is
+// refused and left alone.
+func TestDamagedMetaDBMovedAside(t *testing.T) {
+	build := func(t *testing.T) string {
+		dir := t.TempDir()
+		r := openTest(t, dir, ReplicaOptions{})
+		must(t, r, createOp(1, "f", 2, 0o644))
+		must(t, r, writeOp(2, 0, "fsync'd"))
+		must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_SYNC})
+		r.crash()
+		return dir
+	}
+	old := bootID
+	bootID = func() string { return "another-boot" }
+	defer func() { bootID = old }()
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, path string)
+	}{
+		{"meta pages", func(t *testing.T, path string) {
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			junk := make([]byte, 2*os.Getpagesize())
+			for i := range junk {
+				junk[i] = byte(i * 7)
+			}
+			if _, err := f.WriteAt(junk, 0); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"a counter", func(t *testing.T, path string) {
+			db, err := bolt.Open(path, 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyApplied, []byte{1, 2, 3}) })
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := build(t)
+			tc.damage(t, filepath.Join(dir, "meta.db"))
+			r := openTest(t, dir, ReplicaOptions{})
+			defer r.Close()
+			if r.Suspect() == "" {
+				t.Error("not suspect after its bookkeeping was moved aside")
+			}
+			if applied, _, _, _ := r.State(); applied != 0 {
+				t.Errorf("applied %d with no bookkeeping, want 0", applied)
+			}
+			if b, e := readAll(t, r, 2); e != 0 || b != "fsync'd" {
+				t.Errorf("file after the move: %q %v", b, e)
+			}
+			for _, name := range []string{"meta.db.corrupt-*", walDirName + ".corrupt-*"} {
+				if m, _ := filepath.Glob(filepath.Join(dir, name)); len(m) != 1 {
+					t.Errorf("%s: %v, want one", name, m)
+				}
+			}
+		})
+	}
+
+	t.Run("another format", func(t *testing.T) {
+		dir := build(t)
+		db, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyFormat, u64Key(metaFormat+1)) })
+		db.Close()
+		if r, err := OpenReplica(dir, ReplicaOptions{Logger: testLogger(t)}); err == nil || errors.Is(err, ErrCorrupt) {
+			if r != nil {
+				r.Close()
+			}
+			t.Fatalf("opened a meta.db of another format: %v", err)
+		}
+		if m, _ := filepath.Glob(filepath.Join(dir, "*.corrupt-*")); len(m) != 0 {
+			t.Errorf("moved aside: %v", m)
+		}
+	})
+}

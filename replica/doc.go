@@ -92,10 +92,15 @@
 //     seq, the replica is marked suspect.
 //  5. After an unclean shutdown across a reboot (a power loss, maybe: the
 //     kernel boot ID changed) NoSync commits may be lost or torn and the
-//     tree may be anywhere after synced_seq. meta.db is checked (ErrCorrupt
-//     if damaged), recovery runs as above, checksums are dropped, and the
-//     replica is marked suspect (Suspect): only synced_seq is certain, and
-//     it must be repaired by a full heal before it rejoins an ISR.
+//     tree may be anywhere after synced_seq. meta.db is checked, recovery
+//     runs as above, checksums are dropped, and the replica is marked
+//     suspect (Suspect): only synced_seq is certain, and it must be
+//     repaired by a full heal before it rejoins an ISR. Bookkeeping found
+//     damaged (ErrCorrupt) is moved aside (meta.db.corrupt-TIME,
+//     oplog.corrupt-TIME) and the replica opens as a tree without meta.db:
+//     suspect, position 0. When every in-sync replica of a volume is
+//     suspect, a new head adopts the most advanced (Adopt): it holds every
+//     fsync acknowledged before the power loss.
 //
 // FALLOCATE COLLAPSE_RANGE and INSERT_RANGE are refused with EOPNOTSUPP:
 // they shift data, so applying one twice would not converge. OP_FORGET of

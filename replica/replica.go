@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 
 	"github.com/brickvol/brick/proto/brickpb"
@@ -36,8 +37,9 @@ var (
 	// must end and the brick leave the ISR. The op may be half done; if
 	// the same op is sent again it is finished idempotently.
 	ErrLocalFailure = errors.New("brick failed to apply an op")
-	// ErrCorrupt: meta.db is damaged (possible after a power loss, see
-	// the package doc); the replica must be rebuilt by a full heal.
+	// ErrCorrupt: meta.db or the op log is damaged (possible after a
+	// power loss, see the package doc). OpenReplica moves such bookkeeping
+	// aside; the replica must then be rebuilt by a full heal.
 	ErrCorrupt = errors.New("replica bookkeeping corrupt")
 	// ErrInvalid: a malformed request (missing reference, bad size).
 	ErrInvalid = errors.New("invalid request")
@@ -190,11 +192,52 @@ var bootID = func() string {
 // unclean shutdown it finishes the ops its log holds beyond the applied
 // position (see the package doc) before returning. A replica is opened by
 // one Replica at a time (meta.db is locked).
+//
+// Bookkeeping found damaged (ErrCorrupt: meta.db torn by a power loss, or
+// its op log unreadable) is moved aside, not deleted (a full heal, which
+// replaces the whole directory, removes it): meta.db and oplog/ are
+// renamed with a ".corrupt-TIME" suffix, and the replica opens as a
+// tree without its meta.db does: indexed from its tags, suspect, with no
+// position, so a full heal rebuilds it (or, if every in-sync replica is
+// in that state, a new head may adopt it). Refusing to open would leave
+// the brick unable even to be resynced.
 func OpenReplica(dir string, opts ReplicaOptions) (*Replica, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	opts = opts.withDefaults()
+	r, err := openReplica(dir, opts)
+	if !errors.Is(err, ErrCorrupt) {
+		return r, err
+	}
+	moved, qerr := quarantine(dir, time.Now())
+	if qerr != nil {
+		return nil, fmt.Errorf("%w; moving the bookkeeping aside: %w", err, qerr)
+	}
+	opts.Logger.Error("replica bookkeeping damaged: moved it aside; the replica is rebuilt from its tree and needs a full heal",
+		"replica", dir, "err", err, "moved", moved)
+	return openReplica(dir, opts)
+}
+
+// quarantine renames a replica's meta.db and oplog/ out of the way,
+// returning the new names.
+func quarantine(dir string, now time.Time) ([]string, error) {
+	suffix := ".corrupt-" + now.UTC().Format("20060102T150405.000000000Z")
+	var moved []string
+	for _, name := range []string{"meta.db", walDirName} {
+		from := filepath.Join(dir, name)
+		if _, err := os.Lstat(from); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err := os.Rename(from, from+suffix); err != nil {
+			return moved, err
+		}
+		moved = append(moved, from+suffix)
+	}
+	return moved, nil
+}
+
+func openReplica(dir string, opts ReplicaOptions) (*Replica, error) {
 	r := &Replica{
 		dir: dir, opts: opts, log: opts.Logger.With("replica", dir),
 		dataFD: -1, fidsFD: -1, spares: &spares{fd: -1},
@@ -253,6 +296,10 @@ func (r *Replica) open() error {
 		Timeout: 2 * time.Second, NoSync: true, NoFreelistSync: true,
 		FreelistType: bolt.FreelistMapType, InitialMmapSize: 1 << 30,
 	})
+	if errors.Is(err, bolterrors.ErrInvalid) || errors.Is(err, bolterrors.ErrChecksum) ||
+		errors.Is(err, bolterrors.ErrVersionMismatch) || errors.Is(err, bolterrors.ErrInvalidMapping) {
+		return fmt.Errorf("%w: opening meta.db: %w", ErrCorrupt, err)
+	}
 	if err != nil {
 		return fmt.Errorf("opening meta.db: %w", err)
 	}
@@ -300,6 +347,12 @@ func (r *Replica) open() error {
 
 // load creates the buckets if needed and reads the counters.
 func (r *Replica) load() (clean bool, boot string, newDB bool, err error) {
+	defer func() {
+		// bbolt panics on some damaged pages rather than failing.
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: reading meta.db: %v", ErrCorrupt, p)
+		}
+	}()
 	err = r.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketMeta, bucketDirs, bucketLog, bucketSums} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -315,8 +368,11 @@ func (r *Replica) load() (clean bool, boot string, newDB bool, err error) {
 			if err := m.Put(keyClean, []byte{1}); err != nil {
 				return err
 			}
-		} else if f, err := decodeU64(v); err != nil || f != metaFormat {
-			return fmt.Errorf("%w: meta.db format %x, want %d", ErrCorrupt, v, metaFormat)
+		} else if f, err := decodeU64(v); err != nil {
+			return fmt.Errorf("%w: meta.db format %x", ErrCorrupt, v)
+		} else if f != metaFormat {
+			// Another brickd version's, not damage: never moved aside.
+			return fmt.Errorf("meta.db format %d, this brickd reads format %d only", f, metaFormat)
 		}
 		for _, c := range []struct {
 			key []byte
