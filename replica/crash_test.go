@@ -573,6 +573,21 @@ func TestDamagedMetaDBMovedAside(t *testing.T) {
 					t.Errorf("%s: %v, want one", name, m)
 				}
 			}
+			// If every in-sync replica were in this state, a new head
+			// would adopt one and go on from seq 1, with file IDs above
+			// the tree's.
+			if _, err := r.Fence(2); err != nil {
+				t.Fatal(err)
+			}
+			fr, err := r.Adopt(2, "test")
+			if err != nil || fr.NeedsFullHeal != "" || fr.MaxFid < 2 {
+				t.Fatalf("adopting: %+v %v", fr, err)
+			}
+			must(t, r, createOp(1, "g", fr.MaxFid+1, 0o644))
+			must(t, r, &brickpb.Op{Type: brickpb.OpType_OP_SYNC})
+			if a, s, _, _ := r.State(); a != 2 || s != 2 {
+				t.Errorf("after two ops on the adopted replica: applied %d synced %d", a, s)
+			}
 		})
 	}
 
