@@ -204,7 +204,7 @@ func startHead(ctx context.Context, cfg Config, c *conns, vol *brickpb.Volume, a
 			return nil, fmt.Errorf("shrinking the in-sync set of %s: %w", vol.Name, err)
 		}
 	}
-	log.Info("fenced", "isr", isr, "start_seq", to.StartSeq, "max_fid", maxFID, "source", to.Source)
+	log.Info("fenced", "isr", isr, "start_seq", to.StartSeq, "max_fid", maxFID, "source", to.Source, "adopted", to.Adopted)
 	if vol.Epoch > 1 {
 		// A previous head's name cache may answer for up to its lease
 		// after the bricks fenced above last acknowledged it; every op of

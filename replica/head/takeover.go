@@ -89,6 +89,9 @@ func Takeover(ctx context.Context, tr Transport, epoch uint64, isr []string, log
 	for i := range res {
 		o := &res[i]
 		switch {
+		case errors.Is(o.err, ErrStaleEpoch):
+			// Before any adopting: a newer head decides, not this one.
+			return nil, fmt.Errorf("fencing brick %s at epoch %d: %w", o.id, epoch, o.err)
 		case o.err == nil && o.pos.NeedsFullHeal != "":
 			// Not trustworthy beyond its synced seq: never a source, and
 			// out of the ISR until a full resync.

@@ -363,6 +363,19 @@ func TestTakeoverAdoptsWhenEveryBrickIsSuspect(t *testing.T) {
 		}
 	})
 
+	t.Run("a newer epoch stops it before adopting", func(t *testing.T) {
+		net := setup()
+		net.Brick("a").Fence(3)
+		if _, err := Takeover(ctx, net, 2, ids, nil); !errors.Is(err, ErrStaleEpoch) {
+			t.Fatalf("takeover with a brick fenced at a newer epoch: %v", err)
+		}
+		for _, id := range ids {
+			if net.Brick(id).Adopted() != 0 || net.Brick(id).Position().NeedsFullHeal == "" {
+				t.Errorf("%s adopted by a stale head", id)
+			}
+		}
+	})
+
 	t.Run("none reachable", func(t *testing.T) {
 		net := setup()
 		for _, id := range ids {
