@@ -440,8 +440,8 @@ func TestSyncCountsAfterACrash(t *testing.T) {
 // TestAdoptSuspectReplica: a new head that finds every in-sync replica
 // suspect adopts one through Fence: the suspicion goes, durably (a crash
 // right after does not bring it back), everything applied counts as
-// synced, and bad requests (a stale epoch, one above the promise, no
-// reason, a reason too long) change nothing.
+// synced, and bad requests (a stale epoch, one above the promise, epoch
+// 0, no reason, a reason too long) change nothing.
 func TestAdoptSuspectReplica(t *testing.T) {
 	dir := t.TempDir()
 	r := openTest(t, dir, ReplicaOptions{})
@@ -482,6 +482,9 @@ func TestAdoptSuspectReplica(t *testing.T) {
 	}
 	if _, err := r.Adopt(3, ""); !errors.Is(err, ErrInvalid) || r.Suspect() == "" {
 		t.Fatalf("adopt without a reason: %v, suspect %q", err, r.Suspect())
+	}
+	if _, err := r.Adopt(0, "test"); !errors.Is(err, ErrInvalid) || r.Suspect() == "" {
+		t.Fatalf("adopt at epoch 0: %v, suspect %q", err, r.Suspect())
 	}
 
 	fr, err := c.Fence(ctx, &brickpb.FenceRequest{Ref: ref(3), Adopt: "every in-sync brick is suspect"})

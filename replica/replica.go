@@ -664,6 +664,9 @@ func (r *Replica) Adopt(epoch uint64, why string) (*brickpb.FenceResponse, error
 	if why == "" || len(why) > MaxAdoptReason {
 		return nil, fmt.Errorf("%w: adopt reason of %d bytes, want 1 to %d", ErrInvalid, len(why), MaxAdoptReason)
 	}
+	if epoch == 0 {
+		return nil, fmt.Errorf("%w: adopt at epoch 0: heads start at 1", ErrInvalid)
+	}
 	r.applyMu.Lock()
 	defer r.applyMu.Unlock()
 	if err := r.checkOpen(); err != nil {
