@@ -134,7 +134,9 @@ func (s *Server) Fence(ctx context.Context, req *brickpb.FenceRequest) (*brickpb
 }
 
 // ReplicateStream is a brick's end of a replication stream: gRPC's
-// (Replicate) or one of package framed's connections.
+// (Replicate) or one of package framed's connections. A request Recv
+// returns may share memory with the stream (framed's big writes): it is
+// used up before the next Recv (Apply keeps no reference to its ops).
 type ReplicateStream interface {
 	Recv() (*brickpb.ReplicateRequest, error)
 	Send(*brickpb.ReplicateAck) error

@@ -109,19 +109,28 @@ func (f *frameConn) write(kind byte, m proto.Message) error {
 // and is malformed when not. A connection that ends between frames also
 // returns io.EOF.
 func (f *frameConn) read(m proto.Message, ends bool) error {
-	kind, payload, err := readFrame(f.r, f.rbuf)
+	kind, payload, err := f.next(ends)
 	if err != nil {
 		return err
 	}
+	return decode(kind, payload, m)
+}
+
+// next reads the next frame; its payload is valid until the next call.
+func (f *frameConn) next(ends bool) (byte, []byte, error) {
+	kind, payload, err := readFrame(f.r, f.rbuf)
+	if err != nil {
+		return 0, nil, err
+	}
 	if kind == kindEnd && !ends {
-		return fmt.Errorf("%w: an end-of-stream frame from the head", ErrFrame)
+		return 0, nil, fmt.Errorf("%w: an end-of-stream frame from the head", ErrFrame)
 	}
 	if cap(payload) <= keepBuffer {
 		f.rbuf = payload[:0]
 	} else {
 		f.rbuf = nil
 	}
-	return decode(kind, payload, m)
+	return kind, payload, nil
 }
 
 // readFrame reads one frame's kind and payload, the payload into buf's
@@ -191,7 +200,13 @@ func Open(c net.Conn, ref *brickpb.VolumeRef) (*Client, error) {
 
 // Send sends one request. Sends may not run concurrently with each other.
 func (cl *Client) Send(req *brickpb.ReplicateRequest) error {
-	if err := cl.f.write(kindMsg, req); err != nil {
+	var err error
+	if hasBigData(req) {
+		err = cl.f.writeRequest(req)
+	} else {
+		err = cl.f.write(kindMsg, req)
+	}
+	if err != nil {
 		return status.Errorf(codes.Unavailable, "sending on the replication stream: %v", err)
 	}
 	return nil
@@ -227,10 +242,16 @@ type ServerStream struct {
 // Recv returns the next request; io.EOF when the head closed the stream
 // between messages. A malformed frame is codes.InvalidArgument, a broken
 // connection codes.Canceled (the head went away, as a cancelled gRPC
-// stream reports it).
+// stream reports it). The data of a big write in it is a slice of the
+// stream's read buffer (bigdata.go): it is valid until the next Recv.
 func (s *ServerStream) Recv() (*brickpb.ReplicateRequest, error) {
 	req := &brickpb.ReplicateRequest{}
-	err := s.f.read(req, false)
+	_, payload, err := s.f.next(false)
+	if err == nil {
+		if derr := decodeRequest(payload, req, bigData); derr != nil {
+			err = fmt.Errorf("%w: %T: %w", ErrFrame, req, derr)
+		}
+	}
 	switch {
 	case err == nil:
 		return req, nil
