@@ -500,6 +500,27 @@ func TestAdoptSuspectReplica(t *testing.T) {
 	if _, err := c.Fence(ctx, &brickpb.FenceRequest{Ref: ref(3), Adopt: "again"}); err != nil {
 		t.Errorf("adopting a trusted replica: %v", err)
 	}
+	// A half-applied op (a local failure) and then adoption: the next
+	// op at its seq is the new head's, not a different op in its place.
+	r.hook = func(p string) error {
+		if p == "create-tagged" {
+			return errCrash
+		}
+		return nil
+	}
+	r.Apply([]*brickpb.Op{next(r, createOp(1, "half", 9, 0o640))})
+	r.hook = nil
+	r.mu.Lock()
+	r.suspect = "test: suspect again"
+	r.mu.Unlock()
+	if _, err := r.Adopt(3, "again, with an op half done"); err != nil {
+		t.Fatal(err)
+	}
+	must(t, r, createOp(1, "other", 10, 0o640))
+	if s := r.Suspect(); s != "" {
+		t.Errorf("suspect again after adopting a replica with a half-applied op: %s", s)
+	}
+	applied, _, _, _ = r.State()
 	r.crash() // on this boot: only what Adopt committed counts
 	r = openTest(t, dir, ReplicaOptions{})
 	defer r.Close()

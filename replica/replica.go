@@ -695,6 +695,10 @@ func (r *Replica) Adopt(epoch uint64, why string) (*brickpb.FenceResponse, error
 		r.mu.Unlock()
 		return nil, fmt.Errorf("adopting the replica: %w", err)
 	}
+	// An op its recovery could not finish is part of the tree as it
+	// stands now, like any write never fsync'd: the new head's op at that
+	// seq is a new op, not a different one in its place.
+	r.failed = nil
 	resp := r.fenceResponse()
 	r.log.Warn("adopted a suspect replica as the volume's contents", "why", why, "was_suspect", was,
 		"epoch", epoch, "applied", resp.AppliedSeq)
