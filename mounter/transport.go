@@ -32,53 +32,52 @@ type transport struct {
 // Open fences the brick at the head's epoch, then opens its stream. The
 // stream outlives ctx (which bounds only the opening).
 func (t *transport) Open(ctx context.Context, brick string, epoch uint64) (head.Stream, head.Position, error) {
-	addr, ok := t.addrs[brick]
-	if !ok {
-		return nil, head.Position{}, fmt.Errorf("brick %s has no known address", brick)
-	}
-	cc, err := t.c.get(addr)
+	rc, addr, ref, pos, err := t.fence(ctx, brick, epoch, "")
 	if err != nil {
 		return nil, head.Position{}, err
-	}
-	rc := brickpb.NewReplicaClient(cc)
-	ref := &brickpb.VolumeRef{Header: t.c.header(), VolumeId: t.volID, Epoch: epoch}
-	f, err := rc.Fence(ctx, &brickpb.FenceRequest{Ref: ref})
-	if err != nil {
-		return nil, head.Position{}, classify(fmt.Errorf("fencing %s at epoch %d: %w", brick, epoch, err))
-	}
-	if f.PromisedEpoch > epoch {
-		return nil, head.Position{}, fmt.Errorf("brick %s promised epoch %d, this head has %d: %w", brick, f.PromisedEpoch, epoch, head.ErrStaleEpoch)
 	}
 	s, err := t.openStream(ctx, rc, addr, ref)
 	if err != nil {
 		return nil, head.Position{}, classify(fmt.Errorf("opening the replication stream to %s: %w", brick, err))
 	}
 	s.brick = brick
-	return s, head.Position{Applied: f.AppliedSeq, Synced: f.SyncedSeq, AppliedEpoch: f.AppliedEpoch, MaxFID: f.MaxFid,
-		NeedsFullHeal: f.NeedsFullHeal, UsedBytes: f.UsedBytes}, nil
+	return s, pos, nil
 }
 
 // Adopt fences the brick at epoch and makes it take its suspect replica's
 // tree as the volume's contents (FenceRequest.adopt).
 func (t *transport) Adopt(ctx context.Context, brick string, epoch uint64, why string) (head.Position, error) {
+	_, _, _, pos, err := t.fence(ctx, brick, epoch, why)
+	return pos, err
+}
+
+// fence fences the brick at epoch (adopting its replica when adopt is set)
+// and reports its position, with the client, address and reference the
+// stream opens with.
+func (t *transport) fence(ctx context.Context, brick string, epoch uint64, adopt string) (brickpb.ReplicaClient, string, *brickpb.VolumeRef, head.Position, error) {
 	addr, ok := t.addrs[brick]
 	if !ok {
-		return head.Position{}, fmt.Errorf("brick %s has no known address", brick)
+		return nil, "", nil, head.Position{}, fmt.Errorf("brick %s has no known address", brick)
 	}
 	cc, err := t.c.get(addr)
 	if err != nil {
-		return head.Position{}, err
+		return nil, "", nil, head.Position{}, err
 	}
+	rc := brickpb.NewReplicaClient(cc)
 	ref := &brickpb.VolumeRef{Header: t.c.header(), VolumeId: t.volID, Epoch: epoch}
-	f, err := brickpb.NewReplicaClient(cc).Fence(ctx, &brickpb.FenceRequest{Ref: ref, Adopt: why})
+	f, err := rc.Fence(ctx, &brickpb.FenceRequest{Ref: ref, Adopt: adopt})
 	if err != nil {
-		return head.Position{}, classify(fmt.Errorf("adopting the replica on %s at epoch %d: %w", brick, epoch, err))
+		what := "fencing " + brick
+		if adopt != "" {
+			what = "adopting the replica on " + brick
+		}
+		return nil, "", nil, head.Position{}, classify(fmt.Errorf("%s at epoch %d: %w", what, epoch, err))
 	}
 	if f.PromisedEpoch > epoch {
-		return head.Position{}, fmt.Errorf("brick %s promised epoch %d, this head has %d: %w", brick, f.PromisedEpoch, epoch, head.ErrStaleEpoch)
+		return nil, "", nil, head.Position{}, fmt.Errorf("brick %s promised epoch %d, this head has %d: %w", brick, f.PromisedEpoch, epoch, head.ErrStaleEpoch)
 	}
-	return head.Position{Applied: f.AppliedSeq, Synced: f.SyncedSeq, AppliedEpoch: f.AppliedEpoch, MaxFID: f.MaxFid,
-		NeedsFullHeal: f.NeedsFullHeal, UsedBytes: f.UsedBytes}, nil
+	return rc, addr, ref, head.Position{Applied: f.AppliedSeq, Synced: f.SyncedSeq, AppliedEpoch: f.AppliedEpoch,
+		MaxFID: f.MaxFid, NeedsFullHeal: f.NeedsFullHeal, UsedBytes: f.UsedBytes}, nil
 }
 
 // openStream opens a stream at ref and sends its open message.

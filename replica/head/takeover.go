@@ -111,9 +111,6 @@ func Takeover(ctx context.Context, tr Transport, epoch uint64, isr []string, log
 	}
 	for i, o := range res {
 		if o.err != nil {
-			if errors.Is(o.err, ErrStaleEpoch) {
-				return nil, fmt.Errorf("fencing brick %s at epoch %d: %w", o.id, epoch, o.err)
-			}
 			out.Failed[o.id] = o.err
 			continue
 		}
