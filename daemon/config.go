@@ -74,6 +74,10 @@ type Config struct {
 	// write to writeback and then drops it from the page cache
 	// (replica.ReplicaOptions.WritebackWindow); 0 never drops.
 	WritebackWindow int64
+	// DirectWriteMin is the size from which a brick writes a page-aligned
+	// write with O_DIRECT instead of through the page cache
+	// (replica.ReplicaOptions.DirectWriteMin); 0 never does.
+	DirectWriteMin int64
 	// SpareFiles is how many emptied inodes of deleted files each replica
 	// keeps for new files (replica.ReplicaOptions.SpareFiles); 0 keeps
 	// none.
@@ -150,6 +154,7 @@ func DefaultConfig() Config {
 		FailoverTimeout:   10 * time.Second,
 		HealBandwidth:     64 << 20,
 		WritebackWindow:   8 << 20,
+		DirectWriteMin:    256 << 10,
 		SpareFiles:        16384,
 		MountLogLevel:     "info",
 		MountProcs:        1,
@@ -205,6 +210,9 @@ func (c Config) Validate() error {
 	}
 	if c.WritebackWindow != 0 && (c.WritebackWindow < 1<<20 || c.WritebackWindow > 1<<30) {
 		return fmt.Errorf("--writeback-window %d: want 0 (off) or 1M to 1G", c.WritebackWindow)
+	}
+	if c.DirectWriteMin != 0 && (c.DirectWriteMin < 4<<10 || c.DirectWriteMin > 1<<30 || c.DirectWriteMin%(4<<10) != 0) {
+		return fmt.Errorf("--direct-write-min %d: want 0 (off) or a multiple of 4K from 4K to 1G", c.DirectWriteMin)
 	}
 	if c.GossipProfile != "lan" && c.GossipProfile != "local" {
 		return fmt.Errorf("--gossip-profile %q: want lan or local", c.GossipProfile)
@@ -278,5 +286,9 @@ func (c Config) replicaOptions(log *slog.Logger) replica.ReplicaOptions {
 	if spares == 0 {
 		spares = -1 // likewise
 	}
-	return replica.ReplicaOptions{Logger: log, WritebackWindow: w, SpareFiles: spares}
+	direct := c.DirectWriteMin
+	if direct == 0 {
+		direct = -1 // likewise
+	}
+	return replica.ReplicaOptions{Logger: log, WritebackWindow: w, DirectWriteMin: direct, SpareFiles: spares}
 }

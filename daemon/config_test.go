@@ -40,6 +40,9 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.ReplicaTimeout = -time.Second }, "--replica-timeout"},
 		{func(c *Config) { c.WritebackWindow = 4096 }, "--writeback-window"},
 		{func(c *Config) { c.WritebackWindow = -1 }, "--writeback-window"},
+		{func(c *Config) { c.DirectWriteMin = 1000 }, "--direct-write-min"},
+		{func(c *Config) { c.DirectWriteMin = 6 << 10 }, "--direct-write-min"},
+		{func(c *Config) { c.DirectWriteMin = -4096 }, "--direct-write-min"},
 		{func(c *Config) { c.SpareFiles = -1 }, "--spare-files"},
 		{func(c *Config) { c.SpareFiles = 1<<20 + 1 }, "--spare-files"},
 		{func(c *Config) { c.ReplicationStream = "http" }, "--replication-stream"},
@@ -64,6 +67,13 @@ func TestOffReachesReplicas(t *testing.T) {
 	c.WritebackWindow = 0
 	if w := c.replicaOptions(nil).WritebackWindow; w >= 0 {
 		t.Errorf("--writeback-window 0 gives replicas %d, want a negative (off)", w)
+	}
+	if n := c.replicaOptions(nil).DirectWriteMin; n != 256<<10 {
+		t.Errorf("default direct-write minimum %d, want 256 KiB", n)
+	}
+	c.DirectWriteMin = 0
+	if n := c.replicaOptions(nil).DirectWriteMin; n >= 0 {
+		t.Errorf("--direct-write-min 0 gives replicas %d, want a negative (off)", n)
 	}
 	if n := c.replicaOptions(nil).SpareFiles; n != 16384 {
 		t.Errorf("default spare files %d, want 16384", n)

@@ -23,7 +23,15 @@ func (r *Replica) opWrite(op *brickpb.Op) (*brickpb.Attr, error) {
 		return nil, err
 	}
 	defer o.release()
-	data, off := op.Data, op.Offset
+	n, err := r.writeDirect(o, op.Data, op.Offset)
+	if err != nil {
+		if n > 0 {
+			r.dirtyRange(op.Fid, op.Offset, int64(len(op.Data)))
+			return nil, localStep("writing", err)
+		}
+		return nil, err
+	}
+	data, off := op.Data[n:], op.Offset+int64(n)
 	for len(data) > 0 {
 		var n int
 		err := retry(func() (err error) { n, err = unix.Pwrite(o.fd, data, off); return })

@@ -39,10 +39,11 @@ func resident(t *testing.T, r *Replica, fid uint64, off, n int64) int {
 
 // A long sequential write leaves the page cache behind it, two windows
 // excepted; the same bytes written backwards stay cached; either way the
-// data reads back whole.
+// data reads back whole. (Writes through the page cache: O_DIRECT, which
+// never fills it, is off.)
 func TestDropBehindSequentialWrites(t *testing.T) {
 	const win, total = 1 << 20, 12 << 20
-	r := openTest(t, filepath.Join(t.TempDir(), "vol"), ReplicaOptions{WritebackWindow: win})
+	r := openTest(t, filepath.Join(t.TempDir(), "vol"), ReplicaOptions{WritebackWindow: win, DirectWriteMin: -1})
 	t.Cleanup(func() { r.Close() })
 	must(t, r, createOp(rootFID, "seq", 2, 0o644))
 	must(t, r, createOp(rootFID, "back", 3, 0o644))
@@ -78,7 +79,7 @@ func TestDropBehindSequentialWrites(t *testing.T) {
 
 // WritebackWindow < 0 leaves the page cache alone.
 func TestDropBehindOff(t *testing.T) {
-	r := openTest(t, filepath.Join(t.TempDir(), "vol"), ReplicaOptions{WritebackWindow: -1})
+	r := openTest(t, filepath.Join(t.TempDir(), "vol"), ReplicaOptions{WritebackWindow: -1, DirectWriteMin: -1})
 	t.Cleanup(func() { r.Close() })
 	must(t, r, createOp(rootFID, "seq", 2, 0o644))
 	chunk := make([]byte, 1<<20)

@@ -69,6 +69,10 @@ type ReplicaOptions struct {
 	// handed to writeback and then dropped from the page cache
 	// (dropBehind; default 8 MiB, negative: never).
 	WritebackWindow int64
+	// DirectWriteMin is the size from which a write aligned to 4 KiB
+	// goes to the disk with O_DIRECT instead of through the page cache
+	// (writeDirect; default 256 KiB, negative: never).
+	DirectWriteMin int64
 	// SpareFiles is how many emptied inodes of deleted files are kept in
 	// spare/ for new files to reuse (spares.go; default 16384, negative:
 	// none).
@@ -103,6 +107,9 @@ func (o ReplicaOptions) withDefaults() ReplicaOptions {
 	if o.WritebackWindow == 0 {
 		o.WritebackWindow = 8 << 20
 	}
+	if o.DirectWriteMin == 0 {
+		o.DirectWriteMin = 256 << 10
+	}
 	if o.SpareFiles == 0 {
 		o.SpareFiles = 16384
 	}
@@ -129,19 +136,21 @@ type Replica struct {
 	applyMu  sync.Mutex // serialises Apply, Sync, Fence, commits, Close
 	logArena []byte     // logOps' encoding buffer, kept between batches (applyMu)
 	// Guarded by applyMu.
-	intent   intentRec                // of the last exact op started
-	failed   *brickpb.Op              // the op that failed locally, possibly half done
-	logFirst uint64                   // oldest seq in the op log, 0: empty (also under mu)
-	logLast  uint64                   // newest seq in the op log (also under mu)
-	logBytes int64                    // (also under mu)
-	sumDrops map[uint64][]chunkRange  // checksums made stale since the last commit
-	sumPuts  map[[2]uint64]sumVal     // (fid, chunk) -> checksums computed since then
-	watch    map[uint64]*chunkWatch   // fids whose checksums are being computed
-	hook     func(point string) error // tests: crash injection, nil otherwise
-	runs     map[uint64]*writeRun     // sequential write runs (dropBehind)
-	runClock uint64                   // ages runs, for evicting the oldest
-	wal      *opLog                   // the op log (wal.go)
-	spares   *spares                  // emptied inodes for creates (spares.go)
+	intent     intentRec                // of the last exact op started
+	failed     *brickpb.Op              // the op that failed locally, possibly half done
+	logFirst   uint64                   // oldest seq in the op log, 0: empty (also under mu)
+	logLast    uint64                   // newest seq in the op log (also under mu)
+	logBytes   int64                    // (also under mu)
+	sumDrops   map[uint64][]chunkRange  // checksums made stale since the last commit
+	sumPuts    map[[2]uint64]sumVal     // (fid, chunk) -> checksums computed since then
+	watch      map[uint64]*chunkWatch   // fids whose checksums are being computed
+	hook       func(point string) error // tests: crash injection, nil otherwise
+	runs       map[uint64]*writeRun     // sequential write runs (dropBehind)
+	runClock   uint64                   // ages runs, for evicting the oldest
+	noDirect   bool                     // the file system refused O_DIRECT (writeDirect)
+	alignedBuf []byte                   // writeDirect's buffer for unaligned data
+	wal        *opLog                   // the op log (wal.go)
+	spares     *spares                  // emptied inodes for creates (spares.go)
 	// committedApplied is the applied position meta.db holds: the log
 	// keeps every op after it (a recovery replays them). sinceCommit
 	// counts the log bytes appended after it.

@@ -37,6 +37,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"unsafe"
 
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -118,15 +119,15 @@ func (f *frameConn) read(m proto.Message, ends bool) error {
 
 // next reads the next frame; its payload is valid until the next call.
 func (f *frameConn) next(ends bool) (byte, []byte, error) {
-	kind, payload, err := readFrame(f.r, f.rbuf)
+	kind, payload, base, err := readFrameIn(f.r, f.rbuf)
 	if err != nil {
 		return 0, nil, err
 	}
 	if kind == kindEnd && !ends {
 		return 0, nil, fmt.Errorf("%w: an end-of-stream frame from the head", ErrFrame)
 	}
-	if cap(payload) <= keepBuffer {
-		f.rbuf = payload[:0]
+	if cap(base) <= keepBuffer+pageSize {
+		f.rbuf = base[:0]
 	} else {
 		f.rbuf = nil
 	}
@@ -136,31 +137,61 @@ func (f *frameConn) next(ends bool) (byte, []byte, error) {
 // readFrame reads one frame's kind and payload, the payload into buf's
 // storage when it fits.
 func readFrame(r io.Reader, buf []byte) (byte, []byte, error) {
+	kind, payload, _, err := readFrameIn(r, buf)
+	return kind, payload, err
+}
+
+// readFrameIn is readFrame that also returns the buffer the payload is
+// in, to keep for the next frame.
+func readFrameIn(r io.Reader, buf []byte) (kind byte, payload, base []byte, err error) {
 	var h [headerLen]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return 0, nil, fmt.Errorf("%w: the connection ended inside a frame header", ErrFrame)
+			return 0, nil, nil, fmt.Errorf("%w: the connection ended inside a frame header", ErrFrame)
 		}
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	n := binary.BigEndian.Uint32(h[:4])
 	if n > MaxPayload {
-		return 0, nil, fmt.Errorf("%w: a payload of %d bytes exceeds the %d-byte limit", ErrFrame, n, MaxPayload)
+		return 0, nil, nil, fmt.Errorf("%w: a payload of %d bytes exceeds the %d-byte limit", ErrFrame, n, MaxPayload)
 	}
 	if h[4] != kindMsg && h[4] != kindEnd {
-		return 0, nil, fmt.Errorf("%w: unknown frame kind %d", ErrFrame, h[4])
+		return 0, nil, nil, fmt.Errorf("%w: unknown frame kind %d", ErrFrame, h[4])
 	}
-	if uint32(cap(buf)) < n {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(r, buf); err != nil {
+	base, payload = placePayload(buf, int(n))
+	if _, err := io.ReadFull(r, payload); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return 0, nil, fmt.Errorf("%w: the connection ended inside a %d-byte payload", ErrFrame, n)
+			return 0, nil, nil, fmt.Errorf("%w: the connection ended inside a %d-byte payload", ErrFrame, n)
 		}
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
-	return h[4], buf, nil
+	return h[4], payload, base, nil
+}
+
+// pageSize is the alignment placePayload gives a big frame's end.
+const pageSize = 4096
+
+// placePayload returns n bytes of buf, or of a new buffer when buf is too
+// small, for a frame's payload. A big payload (bigData or more) ends at a
+// page boundary: a big op's data comes last in its frame (bigdata.go) and
+// is decoded in place, so a write of whole pages arrives page-aligned,
+// which a brick's O_DIRECT write needs (replica.writeDirect; else it
+// copies the data once more).
+// It also returns the buffer, to keep.
+func placePayload(buf []byte, n int) (base, payload []byte) {
+	if n < bigData {
+		if cap(buf) < n {
+			buf = make([]byte, n)
+		}
+		return buf, buf[:n]
+	}
+	if cap(buf) < n+pageSize {
+		buf = make([]byte, n+pageSize)
+	}
+	buf = buf[:cap(buf)]
+	end := uintptr(unsafe.Pointer(unsafe.SliceData(buf))) + uintptr(n)
+	skip := int((pageSize - end%pageSize) % pageSize)
+	return buf, buf[skip : skip+n : skip+n]
 }
 
 // decode turns a frame into m or into the status an end frame carries.
