@@ -111,6 +111,10 @@ func (r *Replica) openLog() error {
 	if err := r.migrateLog(); err != nil {
 		return err
 	}
+	// From here on the log takes records logOps has just encoded, whose
+	// own checksums are right by construction; migrated ones were
+	// checksummed whole, so damage in them is found where it is.
+	r.wal.tailSum = logRecTail
 	first, last, _ := r.wal.Range()
 	if first != 0 && (last < r.applied || first > r.applied+1) {
 		r.log.Warn("the op log does not reach meta.db's applied position: dropping it",

@@ -159,6 +159,15 @@ func appendLogRec(buf []byte, op *brickpb.Op) ([]byte, error) {
 	return out, nil
 }
 
+// logRecTail is the checksum a log record carries of its op's encoding,
+// b[5:] (the op log's tailSum).
+func logRecTail(b []byte) (head int, sum uint32, ok bool) {
+	if len(b) < 5 || b[0] != recordFormat {
+		return 0, 0, false
+	}
+	return 5, binary.BigEndian.Uint32(b[1:5]), true
+}
+
 // decodeLogRec decodes the record stored under seq.
 func decodeLogRec(seq uint64, b []byte) (*brickpb.Op, error) {
 	if len(b) < 5 || b[0] != recordFormat {

@@ -89,6 +89,11 @@ type opLog struct {
 	bytes  int64 // of the records first..last, headers included
 
 	scratch []byte // Append's buffer, kept between appends (one appender at a time)
+	// tailSum, if set, finds a checksum a payload carries of its own
+	// tail: the CRC-32C of p[head:] (ok false: none). Append then
+	// combines it into the record's checksum instead of reading the tail
+	// again (records.go's logRecTail).
+	tailSum func(p []byte) (head int, sum uint32, ok bool)
 }
 
 // openOpLog opens (creating if needed) the log under dir, cutting a torn
@@ -334,6 +339,29 @@ func appendWALHdr(buf []byte, seq uint64, payload []byte) []byte {
 	return append(buf, h[:]...)
 }
 
+// combineMin is the payload size from which Append combines a checksum
+// the payload carries (tailSum) rather than checksum all of it; below
+// it, combining costs about as much.
+const combineMin = 64 << 10
+
+// appendHdr is appendWALHdr, with the checksum of a big payload's tail
+// taken from the payload when tailSum finds one there.
+func (l *opLog) appendHdr(buf []byte, seq uint64, payload []byte) []byte {
+	if l.tailSum == nil || len(payload) < combineMin {
+		return appendWALHdr(buf, seq, payload)
+	}
+	head, tail, ok := l.tailSum(payload)
+	if !ok || head < 0 || head > len(payload) {
+		return appendWALHdr(buf, seq, payload)
+	}
+	var h [walHdr]byte
+	binary.LittleEndian.PutUint32(h[:], uint32(len(payload)))
+	binary.LittleEndian.PutUint64(h[8:], seq)
+	sum := crc32.Update(crc32.Checksum(h[8:16], walCRC), walCRC, payload[:head])
+	binary.LittleEndian.PutUint32(h[4:], crc32cCombine(sum, tail, int64(len(payload)-head)))
+	return append(buf, h[:]...)
+}
+
 // Append's gathering: payloads up to walGatherMax are copied into its
 // buffer, bigger ones written from where they are; a buffer up to
 // walScratchMax is kept for the next append.
@@ -441,7 +469,7 @@ func (l *opLog) Append(first uint64, payloads [][]byte) error {
 	for i, p := range payloads {
 		offs[i] = uint32(at)
 		at += int64(walHdr + len(p))
-		buf = appendWALHdr(buf, first+uint64(i), p)
+		buf = l.appendHdr(buf, first+uint64(i), p)
 		if len(p) <= walGatherMax {
 			buf = append(buf, p...)
 			continue
