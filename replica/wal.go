@@ -34,7 +34,9 @@ import (
 //	payload         encodeLogRec's bytes
 //
 // all little-endian, then an end mark (a header of zeros), which the next
-// append overwrites. Segment files are written in place, never extended
+// append overwrites; an append writes zeros from its end mark to the end
+// of that page, so no append writes part of a page the page cache may
+// lack (the kernel would read it from the disk first). Segment files are written in place, never extended
 // by an append: a new one is zero-filled to the segment size when made,
 // and a trimmed one is kept as a spare (%020d.spare) and reused; stale
 // bytes past the end mark are never read. An append that grew the file
@@ -51,6 +53,8 @@ const (
 	walMaxRec = 64 << 20
 	// walSpares is how many trimmed segments are kept for reuse.
 	walSpares = 2
+	// walPage is the page size Append pads its end mark to.
+	walPage = 4096
 )
 
 var walCRC = crc32.MakeTable(crc32.Castagnoli)
@@ -204,7 +208,8 @@ func (l *opLog) newSegment(first uint64, need int64) (*walSeg, error) {
 			// An end mark first: records the file held before must not
 			// pass for this segment's if the process dies before its
 			// first append (after TruncateAfter they can have its seqs).
-			_, err = f.WriteAt(make([]byte, walHdr), 0)
+			// A whole page, for the reason Append pads its end mark.
+			_, err = f.WriteAt(make([]byte, min(walPage, max(st.Size(), walHdr))), 0)
 		}
 		if err == nil {
 			err = os.Rename(spare, path)
@@ -448,11 +453,27 @@ func (l *opLog) Append(first uint64, payloads [][]byte) error {
 	if !fresh {
 		base = tail.size
 	}
+	total := int64(size) // the records, without the end mark
+	seg := tail
+	if fresh {
+		var err error
+		if seg, err = l.newSegment(first, total+walHdr); err != nil {
+			return err
+		}
+	}
+	// The end mark is padded with zeros to the end of its page (within
+	// the file): a write that ends inside a page the page cache does not
+	// hold makes the kernel read that page from the disk first, and the
+	// next append would land there, so every append of a record that
+	// crossed into a new page waited for a disk read (after the cache was
+	// dropped, or in a reused spare). Past the end mark nothing is read.
+	end := base + total + walHdr
+	pad := max(0, min((end+walPage-1)/walPage*walPage, seg.cap)-end)
 	// Headers and small payloads are gathered in one buffer; a big
 	// payload (a write's data) goes to the file from where it is, so it
 	// is not copied once more on its way (pwritev). The buffer's size is
 	// exact: it never moves while iov points into it.
-	gathered := walHdr // the end mark
+	gathered := walHdr + int(pad) // the end mark
 	for _, p := range payloads {
 		gathered += walHdr
 		if len(p) <= walGatherMax {
@@ -477,18 +498,10 @@ func (l *opLog) Append(first uint64, payloads [][]byte) error {
 		iov = append(iov, buf[from:], p)
 		from = len(buf)
 	}
-	buf = append(buf, make([]byte, walHdr)...) // the end mark
+	buf = append(buf, make([]byte, walHdr+int(pad))...) // the end mark
 	iov = append(iov, buf[from:])
 	if cap(buf) <= walScratchMax {
 		l.scratch = buf[:0]
-	}
-	total := int64(size) // the records, without the end mark
-	seg := tail
-	if fresh {
-		var err error
-		if seg, err = l.newSegment(first, total+walHdr); err != nil {
-			return err
-		}
 	}
 	if err := pwritev(seg.f, iov, base); err != nil {
 		if fresh {

@@ -475,3 +475,51 @@ func TestWALCombinesRecordChecksums(t *testing.T) {
 		}
 	}
 }
+
+// An append fills the page its end mark is on with zeros, so the next
+// append never writes part of a page the page cache lacks (which made
+// the kernel read it from the disk first); stale bytes from the next
+// page on stay, the file keeps its size, and the log reopens whole.
+func TestWALAppendPadsToPage(t *testing.T) {
+	dir := t.TempDir()
+	l, err := openOpLog(dir, 1<<20, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	walAppend(t, l, 1, 1)
+	seg := l.segs[0]
+	junk := bytes.Repeat([]byte{0xff}, 3*walPage)
+	rec := make([]byte, 4200) // a 4 KiB write's record, give or take
+	for seq := uint64(2); seq <= 9; seq++ {
+		end := seg.size + walHdr
+		if _, err := seg.f.WriteAt(junk, end); err != nil { // stale bytes past the end mark
+			t.Fatal(err)
+		}
+		if err := l.Append(seq, [][]byte{rec}); err != nil {
+			t.Fatal(err)
+		}
+		end = seg.size + walHdr
+		pageEnd := (end + walPage - 1) / walPage * walPage
+		b := make([]byte, pageEnd-end+1)
+		if _, err := seg.f.ReadAt(b, end); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b[:len(b)-1], make([]byte, len(b)-1)) {
+			t.Fatalf("append %d: the %d bytes from its end mark's end to the page's are not all zero", seq, len(b)-1)
+		}
+		if b[len(b)-1] != 0xff {
+			t.Fatalf("append %d: the next page was written too", seq)
+		}
+	}
+	if st, err := seg.f.Stat(); err != nil || st.Size() != seg.cap {
+		t.Fatalf("segment file of %v bytes (%v), want %d", st.Size(), err, seg.cap)
+	}
+	l.Close()
+	if l, err = openOpLog(dir, 1<<20, quietLog()); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if first, last, _ := l.Range(); first != 1 || last != 9 {
+		t.Fatalf("reopened log holds %d..%d, want 1..9", first, last)
+	}
+}
