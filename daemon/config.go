@@ -76,7 +76,7 @@ type Config struct {
 	WritebackWindow int64
 	// DirectWriteMin is the size from which a brick writes a page-aligned
 	// write with O_DIRECT instead of through the page cache
-	// (replica.ReplicaOptions.DirectWriteMin); 0 never does.
+	// (replica.ReplicaOptions.DirectWriteMin); 0, the default, never does.
 	DirectWriteMin int64
 	// SpareFiles is how many emptied inodes of deleted files each replica
 	// keeps for new files (replica.ReplicaOptions.SpareFiles); 0 keeps
@@ -154,7 +154,6 @@ func DefaultConfig() Config {
 		FailoverTimeout:   10 * time.Second,
 		HealBandwidth:     64 << 20,
 		WritebackWindow:   8 << 20,
-		DirectWriteMin:    256 << 10,
 		SpareFiles:        16384,
 		MountLogLevel:     "info",
 		MountProcs:        1,
@@ -286,9 +285,5 @@ func (c Config) replicaOptions(log *slog.Logger) replica.ReplicaOptions {
 	if spares == 0 {
 		spares = -1 // likewise
 	}
-	direct := c.DirectWriteMin
-	if direct == 0 {
-		direct = -1 // likewise
-	}
-	return replica.ReplicaOptions{Logger: log, WritebackWindow: w, DirectWriteMin: direct, SpareFiles: spares}
+	return replica.ReplicaOptions{Logger: log, WritebackWindow: w, DirectWriteMin: c.DirectWriteMin, SpareFiles: spares}
 }

@@ -68,12 +68,12 @@ func TestOffReachesReplicas(t *testing.T) {
 	if w := c.replicaOptions(nil).WritebackWindow; w >= 0 {
 		t.Errorf("--writeback-window 0 gives replicas %d, want a negative (off)", w)
 	}
-	if n := c.replicaOptions(nil).DirectWriteMin; n != 256<<10 {
-		t.Errorf("default direct-write minimum %d, want 256 KiB", n)
+	if n := c.replicaOptions(nil).DirectWriteMin; n > 0 {
+		t.Errorf("default direct-write minimum %d, want off", n)
 	}
-	c.DirectWriteMin = 0
-	if n := c.replicaOptions(nil).DirectWriteMin; n >= 0 {
-		t.Errorf("--direct-write-min 0 gives replicas %d, want a negative (off)", n)
+	c.DirectWriteMin = 256 << 10
+	if n := c.replicaOptions(nil).DirectWriteMin; n != 256<<10 {
+		t.Errorf("--direct-write-min 256K gives replicas %d", n)
 	}
 	if n := c.replicaOptions(nil).SpareFiles; n != 16384 {
 		t.Errorf("default spare files %d, want 16384", n)

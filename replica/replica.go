@@ -71,7 +71,7 @@ type ReplicaOptions struct {
 	WritebackWindow int64
 	// DirectWriteMin is the size from which a write aligned to 4 KiB
 	// goes to the disk with O_DIRECT instead of through the page cache
-	// (writeDirect; default 256 KiB, negative: never).
+	// (writeDirect; 0 or negative, the default: never).
 	DirectWriteMin int64
 	// SpareFiles is how many emptied inodes of deleted files are kept in
 	// spare/ for new files to reuse (spares.go; default 16384, negative:
@@ -106,9 +106,6 @@ func (o ReplicaOptions) withDefaults() ReplicaOptions {
 	}
 	if o.WritebackWindow == 0 {
 		o.WritebackWindow = 8 << 20
-	}
-	if o.DirectWriteMin == 0 {
-		o.DirectWriteMin = 256 << 10
 	}
 	if o.SpareFiles == 0 {
 		o.SpareFiles = 16384

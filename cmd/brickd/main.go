@@ -62,8 +62,11 @@ func run(args []string, stderr io.Writer, getenv func(string) string) int {
 	b.str(&healBW, "heal-bandwidth", "bytes per second each heal may send or fetch per brick (op-log catch-up and full resync), e.g. 64M; 0 for unlimited")
 	wbWindow := volspec.FormatSize(uint64(cfg.WritebackWindow))
 	b.str(&wbWindow, "writeback-window", "a brick hands each such piece of a long sequential write to the disk at once and drops it from the page cache once written (its copy is rarely read back; the cache stays for readers), e.g. 8M; 0 keeps everything cached")
-	directMin := volspec.FormatSize(uint64(cfg.DirectWriteMin))
-	b.str(&directMin, "direct-write-min", "a brick writes each write of whole pages this big or bigger straight to its disk (O_DIRECT) instead of copying it into the page cache, where its copy would rarely be read; durability is the same (fsync still flushes the disk), e.g. 256K; 0 writes everything through the page cache")
+	directMin := "0" // off; FormatSize says "0 B", which sizes refuse
+	if cfg.DirectWriteMin > 0 {
+		directMin = volspec.FormatSize(uint64(cfg.DirectWriteMin))
+	}
+	b.str(&directMin, "direct-write-min", "a brick writes each write of whole pages this big or bigger straight to its disk (O_DIRECT) instead of copying it into the page cache: a third less brick CPU per byte of a big write, but on a VM whose host caches the disk the data then reads back from the brick at disk speed, not the host cache's (docs/datapath.md); durability is the same (fsync still flushes the disk), e.g. 256K; 0 writes everything through the page cache")
 	b.int(&cfg.SpareFiles, "spare-files", "emptied inodes of deleted files each replica keeps for new files to take instead of allocating (spare/ beside data/; on ext4 without a journal every new inode otherwise skips those freed in the last minutes, one by one); 0 keeps none")
 	b.dur(&cfg.FailoverTimeout, "failover-timeout", "how long the host holding a volume must be dead in gossip before another host's attach takes it over without --force")
 	b.int(&cfg.MountProcs, "mount-procs", "GOMAXPROCS of each mount process; 1 measured fastest, 0 means one per CPU")
