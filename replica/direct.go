@@ -13,28 +13,27 @@ const directAlign = 4096
 
 // writeDirect writes a prefix of data at off in the file behind o with
 // O_DIRECT, when the write is big (ReplicaOptions.DirectWriteMin) and
-// aligned, and returns its length: 0 when the write is small or
-// unaligned, or the brick's file system refuses O_DIRECT (then never again
-// on this replica); less than len(data) when a write stopped short. The
-// caller writes the rest through the page cache.
+// aligned, and returns its length: 0 when the write is small or unaligned,
+// or the brick's file system refuses O_DIRECT (then never again on this
+// replica); less than len(data) when a write stopped short. The caller
+// writes the rest through the page cache.
 //
 // Why: a brick's copy of a big write is rarely read back (the mount's page
 // cache and the op log serve recent data), and copying it into the page
-// cache cost a brick more than anything else in a sequential write: on a
-// VM whose host backs guest memory lazily, each fresh page of cache is a
-// fault in the host (docs/benchmarks.md, session 17). O_DIRECT moves the
-// data from the op's buffer to the disk. It is off unless configured: on
-// the VMs measured, data written so read back (a heal, a read after the
-// mount's cache let it go) at a third of the speed, as the host's cache of
-// the disk did not keep it. Durability is unchanged: the
-// data is on the device when pwrite returns but maybe in its volatile
-// cache, and the barrier's fsync or syncfs flushes that cache, as for a
-// write through the page cache. The kernel keeps the page cache coherent
-// (it writes back and drops cached pages of the range around the write).
-// Caller holds applyMu.
+// cache cost a brick more than anything else in a sequential write: on a VM
+// whose host backs guest memory lazily, each fresh page of cache is a fault
+// in the host (docs/benchmarks.md, session 17). O_DIRECT moves the data from
+// the op's buffer to the disk. It is off unless configured: on the VMs
+// measured, data written so read back (a heal, a read after the mount's
+// cache let it go) at a third of the speed, as the host's cache of the disk
+// did not keep it. Durability is unchanged: the data is on the device when
+// pwrite returns but maybe in its volatile cache, and the barrier's fsync or
+// syncfs flushes that cache, as for a write through the page cache. The
+// kernel keeps the page cache coherent (it writes back and drops cached
+// pages of the range around the write). Caller holds applyMu.
 func (r *Replica) writeDirect(o *openFD, data []byte, off int64) (int, error) {
-	min := r.opts.DirectWriteMin
-	if min <= 0 || r.noDirect || int64(len(data)) < min || off%directAlign != 0 || len(data)%directAlign != 0 {
+	least := r.opts.DirectWriteMin
+	if least <= 0 || r.noDirect || int64(len(data)) < least || off%directAlign != 0 || len(data)%directAlign != 0 {
 		return 0, nil
 	}
 	// Each write opens the inode afresh (through o's descriptor, so

@@ -36,8 +36,9 @@ import (
 // all little-endian, then an end mark (a header of zeros), which the next
 // append overwrites; an append writes zeros from its end mark to the end
 // of that page, so no append writes part of a page the page cache may
-// lack (the kernel would read it from the disk first). Segment files are written in place, never extended
-// by an append: a new one is zero-filled to the segment size when made,
+// lack (the kernel would read it from the disk first). Segment files are
+// written in place, never extended by an append: a new one is
+// zero-filled to the segment size when made,
 // and a trimmed one is kept as a spare (%020d.spare) and reused; stale
 // bytes past the end mark are never read. An append that grew the file
 // made every fsync barrier pay ext4 block allocation and a journal commit

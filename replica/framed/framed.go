@@ -173,11 +173,10 @@ const pageSize = 4096
 
 // placePayload returns n bytes of buf, or of a new buffer when buf is too
 // small, for a frame's payload. A big payload (bigData or more) ends at a
-// page boundary: a big op's data comes last in its frame (bigdata.go) and
-// is decoded in place, so a write of whole pages arrives page-aligned,
-// which a brick's O_DIRECT write needs (replica.writeDirect; else it
-// copies the data once more).
-// It also returns the buffer, to keep.
+// page boundary: a big op's data comes last in its frame (bigdata.go) and is
+// decoded in place, so a write of whole pages arrives page-aligned, which a
+// brick's O_DIRECT write needs (replica.writeDirect; else it copies the data
+// once more). It also returns the buffer, to keep.
 func placePayload(buf []byte, n int) (base, payload []byte) {
 	if n < bigData {
 		if cap(buf) < n {
