@@ -463,11 +463,11 @@ func (l *opLog) Append(first uint64, payloads [][]byte) error {
 		}
 	}
 	// The end mark is padded with zeros to the end of its page (within
-	// the file): a write that ends inside a page the page cache does not
-	// hold makes the kernel read that page from the disk first, and the
-	// next append would land there, so every append of a record that
-	// crossed into a new page waited for a disk read (after the cache was
-	// dropped, or in a reused spare). Past the end mark nothing is read.
+	// the file): a write that covers only part of a page the page cache
+	// does not hold makes the kernel read that page from the disk first,
+	// so every append whose end crossed into a new page waited for a disk
+	// read (after the cache was dropped, or in a reused spare). Past the
+	// end mark nothing is read.
 	end := base + total + walHdr
 	pad := max(0, min((end+walPage-1)/walPage*walPage, seg.cap)-end)
 	// Headers and small payloads are gathered in one buffer; a big
