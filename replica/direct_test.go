@@ -47,10 +47,9 @@ func TestDirectWrites(t *testing.T) {
 	if n := resident(t, r, 2, 0, pages(1)); n != 1 {
 		t.Fatalf("a small write left %d pages cached, want 1", n)
 	}
-	aligned := fill(make([]byte, 4*min), 1)
-	if uintptr(unsafe.Pointer(&aligned[0]))%directAlign != 0 {
-		t.Skip("the runtime gave a big buffer that is not page-aligned") // it aligns spans to pages
-	}
+	raw := make([]byte, 4*min+directAlign)
+	skip := int((directAlign - uintptr(unsafe.Pointer(&raw[0]))%directAlign) % directAlign)
+	aligned := fill(raw[skip:skip+4*min], 1)
 	write(0, aligned)
 	if n := resident(t, r, 2, 0, pages(64)); n != 0 {
 		t.Errorf("%d pages of a direct write (over a cached page) are cached, want 0", n)
@@ -58,8 +57,7 @@ func TestDirectWrites(t *testing.T) {
 
 	// Unaligned memory, aligned offset and length: copied, then direct,
 	// extending the file.
-	raw := make([]byte, 2*min+1)
-	unaligned := fill(raw[1:], 2)
+	unaligned := fill(make([]byte, 2*min+1)[1:], 2)
 	write(pages(64), unaligned)
 	if n := resident(t, r, 2, pages(64), pages(32)); n != 0 {
 		t.Errorf("%d pages of a direct write from unaligned memory are cached, want 0", n)
