@@ -19,6 +19,16 @@ import (
 
 var errCrash = errors.New("simulated crash")
 
+// crashAt is a Replica.hook that fails with errCrash at point.
+func crashAt(point string) func(string) error {
+	return func(p string) error {
+		if p == point {
+			return errCrash
+		}
+		return nil
+	}
+}
+
 // TestRandomOpsConverge: two replicas fed the same ops, in different
 // batches, fail the same ops the same way and end with equal trees.
 func TestRandomOpsConverge(t *testing.T) {
@@ -257,12 +267,7 @@ func TestTreeWithoutMetaDB(t *testing.T) {
 func TestLocalFailureThenRetry(t *testing.T) {
 	for _, point := range []string{"create", "create-tagged", "applied"} {
 		r := newTest(t)
-		r.hook = func(p string) error {
-			if p == point {
-				return errCrash
-			}
-			return nil
-		}
+		r.hook = crashAt(point)
 		op := next(r, createOp(1, "f", 2, 0o640))
 		if _, err := r.Apply([]*brickpb.Op{op}); !errors.Is(err, ErrLocalFailure) {
 			t.Fatalf("%s: %v, want ErrLocalFailure", point, err)
@@ -279,12 +284,7 @@ func TestLocalFailureThenRetry(t *testing.T) {
 		}
 	}
 	r := newTest(t)
-	r.hook = func(p string) error {
-		if p == "create-tagged" {
-			return errCrash
-		}
-		return nil
-	}
+	r.hook = crashAt("create-tagged")
 	r.Apply([]*brickpb.Op{next(r, createOp(1, "f", 2, 0o640))})
 	r.hook = nil
 	do(t, r, createOp(1, "g", 3, 0o640))
@@ -502,12 +502,7 @@ func TestAdoptSuspectReplica(t *testing.T) {
 	}
 	// A half-applied op (a local failure) and then adoption: the next
 	// op at its seq is the new head's, not a different op in its place.
-	r.hook = func(p string) error {
-		if p == "create-tagged" {
-			return errCrash
-		}
-		return nil
-	}
+	r.hook = crashAt("create-tagged")
 	r.Apply([]*brickpb.Op{next(r, createOp(1, "half", 9, 0o640))})
 	r.hook = nil
 	r.mu.Lock()

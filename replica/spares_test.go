@@ -217,12 +217,7 @@ func TestSpareCreateCrash(t *testing.T) {
 	must(t, r, forgetOp(1, "old", 2))
 	create := next(r, createOp(1, "new", 3, 0o640))
 	create.AtimeNs, create.MtimeNs = 2e18, 2e18+7
-	r.hook = func(p string) error {
-		if p == "create" {
-			return errCrash
-		}
-		return nil
-	}
+	r.hook = crashAt("create")
 	if _, err := r.Apply([]*brickpb.Op{create}); !errors.Is(err, errCrash) {
 		t.Fatalf("apply: %v, want the simulated crash", err)
 	}

@@ -51,7 +51,7 @@ func TestBigDataFrames(t *testing.T) {
 	defer b.Close()
 	errc := make(chan error, 1)
 	go func() { errc <- newFrameConn(a).writeRequest(req) }()
-	kind, payload, err := readFrame(b, nil)
+	kind, payload, _, err := readFrame(b, nil)
 	if err != nil || kind != kindMsg {
 		t.Fatalf("reading the frame: kind %d, %v", kind, err)
 	}

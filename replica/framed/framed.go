@@ -119,7 +119,7 @@ func (f *frameConn) read(m proto.Message, ends bool) error {
 
 // next reads the next frame; its payload is valid until the next call.
 func (f *frameConn) next(ends bool) (byte, []byte, error) {
-	kind, payload, base, err := readFrameIn(f.r, f.rbuf)
+	kind, payload, base, err := readFrame(f.r, f.rbuf)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -135,15 +135,9 @@ func (f *frameConn) next(ends bool) (byte, []byte, error) {
 }
 
 // readFrame reads one frame's kind and payload, the payload into buf's
-// storage when it fits.
-func readFrame(r io.Reader, buf []byte) (byte, []byte, error) {
-	kind, payload, _, err := readFrameIn(r, buf)
-	return kind, payload, err
-}
-
-// readFrameIn is readFrame that also returns the buffer the payload is
-// in, to keep for the next frame.
-func readFrameIn(r io.Reader, buf []byte) (kind byte, payload, base []byte, err error) {
+// storage when it fits (placePayload); base is the buffer the payload is
+// in, to pass for the next frame.
+func readFrame(r io.Reader, buf []byte) (kind byte, payload, base []byte, err error) {
 	var h [headerLen]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {

@@ -267,11 +267,11 @@ func FuzzReadFrames(f *testing.F) {
 		r := bytes.NewReader(in)
 		var buf []byte
 		for {
-			kind, payload, err := readFrame(r, buf)
+			kind, payload, base, err := readFrame(r, buf)
 			if err != nil {
 				return
 			}
-			buf = payload
+			buf = base
 			ack := &brickpb.ReplicateAck{}
 			if err := decode(kind, payload, ack); err != nil {
 				if kind == kindMsg && !errors.Is(err, ErrFrame) {
